@@ -1,0 +1,52 @@
+"""The Multiverse core: format, attention, model, and the fork/merge engine."""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .attention import block_mask, dense_mask, multiverse_attention_inputs, pack, stack, structure_of_ids
+from .configuration_multiverse import SUPPORTED_BASES, MultiverseConfig
+from .modeling_multiverse import MultiverseForCausalLM
+from .structure import (
+    PARALLEL_INSTRUCTION,
+    TAGS,
+    MissingTagsError,
+    Structure,
+    StructureError,
+    StructureParser,
+    TokenStructure,
+    parse_ids,
+    parse_kinds,
+    parse_text,
+    remove_tags,
+    split_tags,
+    tag_ids_from_tokenizer,
+)
+from .tokens import add_multiverse_tokens
+
+AutoConfig.register("multiverse", MultiverseConfig, exist_ok=True)
+AutoModelForCausalLM.register(MultiverseConfig, MultiverseForCausalLM, exist_ok=True)
+
+__all__ = [
+    "PARALLEL_INSTRUCTION",
+    "SUPPORTED_BASES",
+    "TAGS",
+    "MissingTagsError",
+    "MultiverseConfig",
+    "MultiverseForCausalLM",
+    "Structure",
+    "StructureError",
+    "StructureParser",
+    "TokenStructure",
+    "add_multiverse_tokens",
+    "block_mask",
+    "dense_mask",
+    "multiverse_attention_inputs",
+    "pack",
+    "parse_ids",
+    "parse_kinds",
+    "parse_text",
+    "remove_tags",
+    "split_tags",
+    "stack",
+    "structure_of_ids",
+    "tag_ids_from_tokenizer",
+]

@@ -1,0 +1,686 @@
+"""The Multiverse format: its tags, its grammar, and the per-token arrays derived from it (SPEC 2-5, 8).
+
+This module is the only place in the project that knows the tags. Everything else (the model, the
+engine, the collator, the curator, the inspector) goes through it.
+
+A sequence is read as a stream of *items*: each item is a tag or a piece of text. For token ids an
+item is one token; for plain text an item is a tag or the text between two tags. The parser is a
+small push-down automaton fed one item at a time (`StructureParser.feed`), so the engine can run it
+incrementally on every branch; `parse_ids` and `parse_text` run it over a whole sequence.
+
+Example:
+    >>> s = parse_text("<Think>\\n<Parallel>\\n<Goal>\\n<Outline>1: a</Outline>\\n<Outline>2: b</Outline>\\n</Goal>"
+    ...                "\\n<Path>\\n1: x</Path>\\n<Path>\\n2: y</Path>\\n<Conclusion>\\nz</Conclusion>\\n</Parallel>\\n</Think>ok")
+    >>> [p.label for p in s.blocks[0].paths]
+    ['1', '2']
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+TAGS: tuple[str, ...] = (
+    "<Think>",
+    "</Think>",
+    "<Parallel>",
+    "</Parallel>",
+    "<Goal>",
+    "</Goal>",
+    "<Outline>",
+    "</Outline>",
+    "<Path>",
+    "</Path>",
+    "<Conclusion>",
+    "</Conclusion>",
+)
+(
+    THINK,
+    THINK_END,
+    PARALLEL,
+    PARALLEL_END,
+    GOAL,
+    GOAL_END,
+    OUTLINE,
+    OUTLINE_END,
+    PATH,
+    PATH_END,
+    CONCLUSION,
+    CONCLUSION_END,
+) = range(len(TAGS))
+TEXT = -1
+"""Kind of an item that is not a tag."""
+
+PARALLEL_INSTRUCTION = "Think step by step and in parallel before answering."
+"""The sentence that ends a user turn asking for parallel thinking (SPEC 2)."""
+
+LABEL_PATTERN = re.compile(r"\d+(?:\.\d+)*")
+_TAG_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in TAGS) + ")")
+_TAG_INDEX = {t: i for i, t in enumerate(TAGS)}
+# Labels are short: never decode more than this many items to find one (keeps parsing linear).
+_LABEL_WINDOW = 24
+
+
+class StructureError(ValueError):
+    """A sequence breaks the Multiverse grammar. `index` is the offending item (token, or text offset)."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
+
+
+class MissingTagsError(ValueError):
+    """A tokenizer or config lacks some of the twelve tags as single tokens."""
+
+
+def tag_names() -> tuple[str, ...]:
+    """The twelve tags in canonical order."""
+    return TAGS
+
+
+def remove_tags(text: str) -> str:
+    """Flatten a Multiverse response into plain sequential text: tags removed, paths kept in order.
+
+    >>> remove_tags("<Path>\\n1: a</Path>")
+    '\\n1: a'
+    """
+    return _TAG_SPLIT.sub("", text)
+
+
+def split_tags(text: str) -> list[str]:
+    """Split text into items: each tag alone, and the (non-empty) text between tags."""
+    return [piece for piece in _TAG_SPLIT.split(text) if piece]
+
+
+def tag_kind(piece: str) -> int:
+    """The tag index of an item, or TEXT."""
+    return _TAG_INDEX.get(piece, TEXT)
+
+
+# ----------------------------------------------------------------------------------------------
+# The tree
+
+
+@dataclass
+class Outline:
+    label: str | None
+    open: int
+    close: int | None = None
+
+
+@dataclass
+class PathUnit:
+    """`sep <Path> LABEL: body </Path>`: `start` is the first item of the unit (its separator, if any)."""
+
+    label: str | None
+    start: int
+    open: int
+    close: int | None = None
+    blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def end(self) -> int | None:
+        """One past the last item of the unit, or None while it is open."""
+        return None if self.close is None else self.close + 1
+
+
+@dataclass
+class Block:
+    """One `<Parallel>` block. Indices are item indices; None marks what was not reached yet."""
+
+    open: int
+    depth: int
+    goal_open: int | None = None
+    goal_close: int | None = None
+    outlines: list[Outline] = field(default_factory=list)
+    paths: list[PathUnit] = field(default_factory=list)
+    conclusion_start: int | None = None
+    conclusion_open: int | None = None
+    conclusion_close: int | None = None
+    close: int | None = None
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [o.label for o in self.outlines]
+
+    def iter_blocks(self):
+        yield self
+        for unit in self.paths:
+            for child in unit.blocks:
+                yield from child.iter_blocks()
+
+
+@dataclass
+class Structure:
+    """The parse of one sequence: top-level blocks, the think span, and what is still open at the end."""
+
+    length: int
+    blocks: list[Block]
+    think_open: int | None
+    think_close: int | None
+    open_elements: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.open_elements
+
+    def iter_blocks(self):
+        """Every block, outer before inner, in sequence order."""
+        for block in self.blocks:
+            yield from block.iter_blocks()
+
+    @property
+    def max_depth(self) -> int:
+        return max((b.depth + 1 for b in self.iter_blocks()), default=0)
+
+    @property
+    def max_paths(self) -> int:
+        return max((len(b.paths) for b in self.iter_blocks()), default=0)
+
+    def arrays(self) -> TokenStructure:
+        """Per-item position ids and sibling intervals (SPEC 4-5); see `TokenStructure`."""
+        return TokenStructure.from_structure(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# The parser
+
+
+@dataclass
+class _Frame:
+    kind: int  # the tag that opened it (PARALLEL, GOAL, OUTLINE, PATH, CONCLUSION) or THINK
+    node: object = None
+    phase: str = ""  # PARALLEL frames: "goal", "paths", "conclusion", "end"
+    separator_start: int | None = None  # first item of the whitespace run since the last tag
+    label_checked: bool = False
+
+
+def _describe(kind: int) -> str:
+    return "text" if kind == TEXT else TAGS[kind]
+
+
+class StructureParser:
+    """Incremental parser for the SPEC 3 grammar.
+
+    Feed items in order with `feed(kind, index)`; `finish()` returns the `Structure`. With
+    `partial=True` open elements at the end are legal. `text_of(i, j)` (optional) returns the text of
+    items i..j-1; with it, labels and the whitespace-only places are checked as well.
+
+    Example:
+        >>> p = StructureParser(partial=True)
+        >>> for i, piece in enumerate(split_tags("<Parallel><Goal><Outline>1: a</Outline></Goal>")):
+        ...     p.feed(tag_kind(piece), i)
+        >>> p.expects_fork
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        partial: bool = False,
+        require_think: bool = False,
+        text_of: Callable[[int, int], str] | None = None,
+        unit: str = "token",
+    ):
+        self.partial = partial
+        self.require_think = require_think
+        self.text_of = text_of
+        self.unit = unit
+        self.stack: list[_Frame] = [_Frame(kind=TEXT)]
+        self.blocks: list[Block] = []
+        self.think_open: int | None = None
+        self.think_close: int | None = None
+        self.length = 0
+        self.last_kind = TEXT
+
+    def copy(self) -> StructureParser:
+        """An independent copy (the engine forks a parser per branch)."""
+        return copy.deepcopy(self)
+
+    # -- queries the engine uses ------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Number of enclosing `<Parallel>` blocks."""
+        return sum(1 for f in self.stack if f.kind == PARALLEL)
+
+    @property
+    def current_block(self) -> Block | None:
+        for frame in reversed(self.stack):
+            if frame.kind == PARALLEL:
+                return frame.node
+        return None
+
+    @property
+    def expects_fork(self) -> bool:
+        """True right after `</Goal>` closed the goal of an open block: the moment to fork (SPEC 6)."""
+        return self.last_kind == GOAL_END and self.stack[-1].kind == PARALLEL
+
+    @property
+    def in_path(self) -> bool:
+        return self.stack[-1].kind == PATH
+
+    # -- errors -----------------------------------------------------------------------------
+    def _fail(self, index: int, found: int, expected: str) -> None:
+        context = ""
+        frame = self.stack[-1]
+        if frame.kind != TEXT:
+            context = f" (inside {TAGS[frame.kind]} opened at {self.unit} {self._opened_at(frame)})"
+        raise StructureError(
+            f"at {self.unit} {index}: found {_describe(found)}, expected {expected}{context}", index
+        )
+
+    @staticmethod
+    def _opened_at(frame: _Frame) -> int | None:
+        if frame.kind == GOAL:
+            return frame.node.goal_open
+        if frame.kind == CONCLUSION:
+            return frame.node.conclusion_open
+        return frame.node.open
+
+    def _text(self, i: int, j: int) -> str | None:
+        if self.text_of is None or j <= i:
+            return "" if self.text_of is not None else None
+        return self.text_of(i, j)
+
+    def _check_whitespace(self, start: int | None, end: int, where: str) -> None:
+        if start is None or self.text_of is None:
+            return
+        text = self._text(start, end)
+        if text.strip():
+            raise StructureError(
+                f"at {self.unit} {start}: found text {text.strip()[:40]!r} {where}, expected only whitespace",
+                start,
+            )
+
+    def _label(self, open_index: int, end: int, what: str) -> str | None:
+        """The LABEL before ':' in the text right after an opening tag."""
+        if self.text_of is None:
+            return None
+        text = self._text(open_index + 1, min(end, open_index + 1 + _LABEL_WINDOW))
+        head, colon, _ = text.partition(":")
+        label = head.strip()
+        if not colon or not LABEL_PATTERN.fullmatch(label):
+            raise StructureError(
+                f"at {self.unit} {open_index + 1}: found {text.strip()[:30]!r} after {what}, "
+                f"expected a label like '1:' or '2.1:'",
+                open_index + 1,
+            )
+        return label
+
+    # -- the automaton ----------------------------------------------------------------------
+    def feed(self, kind: int, index: int) -> None:
+        """Consume one item. Raises `StructureError` on the first item the grammar does not allow."""
+        self.length = index + 1
+        top = self.stack[-1]
+        if kind == TEXT:
+            if top.kind == PARALLEL and top.separator_start is None:
+                top.separator_start = index
+            elif top.kind == GOAL and top.separator_start is None:
+                top.separator_start = index
+            self.last_kind = kind
+            return
+        handler = {
+            THINK: self._think,
+            THINK_END: self._think_end,
+            PARALLEL: self._parallel,
+            PARALLEL_END: self._parallel_end,
+            GOAL: self._goal,
+            GOAL_END: self._goal_end,
+            OUTLINE: self._outline,
+            OUTLINE_END: self._outline_end,
+            PATH: self._path,
+            PATH_END: self._path_end,
+            CONCLUSION: self._conclusion,
+            CONCLUSION_END: self._conclusion_end,
+        }[kind]
+        handler(index, top)
+        self.last_kind = kind
+
+    def _think(self, index: int, top: _Frame) -> None:
+        if len(self.stack) != 1 or self.think_open is not None:
+            self._fail(index, THINK, "at most one <Think>, outside parallel blocks")
+        self.think_open = index
+
+    def _think_end(self, index: int, top: _Frame) -> None:
+        if len(self.stack) != 1 or self.think_open is None or self.think_close is not None:
+            self._fail(index, THINK_END, "</Think> only after <Think>, outside parallel blocks")
+        self.think_close = index
+
+    def _in_body(self, top: _Frame) -> bool:
+        return top.kind in (TEXT, PATH)
+
+    def _parallel(self, index: int, top: _Frame) -> None:
+        if not self._in_body(top):
+            self._fail(index, PARALLEL, self._expected(top))
+        if top.kind == PATH and not top.label_checked:
+            top.node.label = self._label(top.node.open, index, "<Path>")
+            top.label_checked = True
+        block = Block(open=index, depth=self.depth)
+        (self.blocks if top.kind == TEXT else top.node.blocks).append(block)
+        self.stack.append(_Frame(kind=PARALLEL, node=block, phase="goal"))
+
+    def _goal(self, index: int, top: _Frame) -> None:
+        if top.kind != PARALLEL or top.phase != "goal":
+            self._fail(index, GOAL, self._expected(top))
+        self._check_whitespace(top.separator_start, index, "between <Parallel> and <Goal>")
+        top.separator_start = None
+        top.node.goal_open = index
+        self.stack.append(_Frame(kind=GOAL, node=top.node))
+
+    def _outline(self, index: int, top: _Frame) -> None:
+        if top.kind != GOAL:
+            self._fail(index, OUTLINE, self._expected(top))
+        self._check_whitespace(top.separator_start, index, "between outlines")
+        top.separator_start = None
+        outline = Outline(label=None, open=index)
+        top.node.outlines.append(outline)
+        self.stack.append(_Frame(kind=OUTLINE, node=outline))
+
+    def _outline_end(self, index: int, top: _Frame) -> None:
+        if top.kind != OUTLINE:
+            self._fail(index, OUTLINE_END, self._expected(top))
+        top.node.close = index
+        top.node.label = self._label(top.node.open, index, "<Outline>")
+        self.stack.pop()
+
+    def _goal_end(self, index: int, top: _Frame) -> None:
+        if top.kind != GOAL:
+            self._fail(index, GOAL_END, self._expected(top))
+        self._check_whitespace(top.separator_start, index, "between outlines")
+        block: Block = top.node
+        if not block.outlines:
+            self._fail(index, GOAL_END, "at least one <Outline> in the <Goal>")
+        labels = [o.label for o in block.outlines]
+        if self.text_of is not None and len(set(labels)) != len(labels):
+            raise StructureError(
+                f"at {self.unit} {index}: found duplicate outline labels {labels}, expected distinct labels",
+                index,
+            )
+        block.goal_close = index
+        self.stack.pop()
+        parallel = self.stack[-1]
+        parallel.phase = "paths"
+        parallel.separator_start = None
+
+    def _path(self, index: int, top: _Frame) -> None:
+        if top.kind != PARALLEL or top.phase != "paths":
+            self._fail(index, PATH, self._expected(top))
+        block: Block = top.node
+        if len(block.paths) >= len(block.outlines):
+            self._fail(index, PATH, f"<Conclusion>: the goal has {len(block.outlines)} outline(s)")
+        start = index if top.separator_start is None else top.separator_start
+        self._check_whitespace(top.separator_start, index, "before <Path>")
+        top.separator_start = None
+        unit = PathUnit(label=None, start=start, open=index)
+        block.paths.append(unit)
+        self.stack.append(_Frame(kind=PATH, node=unit))
+
+    def _path_end(self, index: int, top: _Frame) -> None:
+        if top.kind != PATH:
+            self._fail(index, PATH_END, self._expected(top))
+        unit: PathUnit = top.node
+        if not top.label_checked:
+            unit.label = self._label(unit.open, index, "<Path>")
+        unit.close = index
+        self.stack.pop()
+        parallel = self.stack[-1]
+        block: Block = parallel.node
+        k = len(block.paths) - 1
+        expected = block.outlines[k].label
+        if self.text_of is not None and unit.label != expected:
+            raise StructureError(
+                f"at {self.unit} {unit.open}: found path label {unit.label!r}, expected {expected!r} "
+                f"(the label of outline {k + 1})",
+                unit.open,
+            )
+
+    def _conclusion(self, index: int, top: _Frame) -> None:
+        if top.kind != PARALLEL or top.phase != "paths":
+            self._fail(index, CONCLUSION, self._expected(top))
+        block: Block = top.node
+        if len(block.paths) != len(block.outlines):
+            self._fail(
+                index,
+                CONCLUSION,
+                f"<Path> ({len(block.paths)} of {len(block.outlines)} paths written)",
+            )
+        self._check_whitespace(top.separator_start, index, "before <Conclusion>")
+        block.conclusion_start = index if top.separator_start is None else top.separator_start
+        block.conclusion_open = index
+        top.separator_start = None
+        top.phase = "conclusion"
+        self.stack.append(_Frame(kind=CONCLUSION, node=block))
+
+    def _conclusion_end(self, index: int, top: _Frame) -> None:
+        if top.kind != CONCLUSION:
+            self._fail(index, CONCLUSION_END, self._expected(top))
+        top.node.conclusion_close = index
+        self.stack.pop()
+        self.stack[-1].phase = "end"
+        self.stack[-1].separator_start = None
+
+    def _parallel_end(self, index: int, top: _Frame) -> None:
+        if top.kind != PARALLEL or top.phase != "end":
+            self._fail(index, PARALLEL_END, self._expected(top))
+        self._check_whitespace(top.separator_start, index, "between </Conclusion> and </Parallel>")
+        top.node.close = index
+        self.stack.pop()
+
+    def _expected(self, top: _Frame) -> str:
+        if top.kind == TEXT:
+            return "text, <Parallel> or <Think>/</Think>"
+        if top.kind == PATH:
+            return "text, <Parallel> or </Path>"
+        if top.kind == GOAL:
+            return "<Outline> or </Goal>"
+        if top.kind == OUTLINE:
+            return "text or </Outline>"
+        if top.kind == CONCLUSION:
+            return "text or </Conclusion>"
+        return {
+            "goal": "<Goal>",
+            "paths": "<Path> or <Conclusion>",
+            "conclusion": "</Conclusion>",
+            "end": "</Parallel>",
+        }[top.phase]
+
+    def finish(self) -> Structure:
+        """End of input: returns the Structure, or raises if something is open and not `partial`."""
+        open_elements = [TAGS[f.kind] for f in self.stack[1:]]
+        if self.require_think:
+            if self.think_open is None:
+                raise StructureError(f"at {self.unit} 0: found no <Think>, expected the response to open with <Think>", 0)
+            if self.think_close is None and not self.partial:
+                raise StructureError(
+                    f"at {self.unit} {self.length}: found the end, expected </Think> (opened at {self.unit} {self.think_open})",
+                    self.length,
+                )
+        if open_elements and not self.partial:
+            top = self.stack[-1]
+            raise StructureError(
+                f"at {self.unit} {self.length}: found the end, expected {self._expected(top)} "
+                f"({TAGS[top.kind]} opened at {self.unit} {self._opened_at(top)} is unclosed)",
+                self.length,
+            )
+        if self.think_open is not None and self.think_close is None:
+            open_elements.insert(0, TAGS[THINK])
+        return Structure(self.length, self.blocks, self.think_open, self.think_close, open_elements)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+
+
+TagIds = Mapping[str, int]
+
+
+def tag_ids_from_tokenizer(tokenizer) -> dict[str, int]:
+    """Map each tag to its single token id; raises `MissingTagsError` listing the tags not present as one token."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in TAGS if t not in vocab]
+    if missing:
+        raise MissingTagsError(
+            f"the tokenizer lacks {len(missing)} Multiverse tag(s) as single tokens: {', '.join(missing)}; "
+            "add them with modeling_multiverse.add_multiverse_tokens(model, tokenizer)"
+        )
+    return {t: vocab[t] for t in TAGS}
+
+
+def kinds_of_ids(ids: torch.Tensor | Sequence[int], tag_ids: TagIds) -> torch.Tensor:
+    """Per-token kind: the tag index, or TEXT (-1). Vectorised."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    kinds = torch.full_like(ids, TEXT)
+    for i, tag in enumerate(TAGS):
+        kinds[ids == tag_ids[tag]] = i
+    return kinds
+
+
+def parse_kinds(
+    kinds: torch.Tensor | Sequence[int],
+    *,
+    partial: bool = False,
+    require_think: bool = False,
+    text_of: Callable[[int, int], str] | None = None,
+    unit: str = "token",
+) -> Structure:
+    """Parse a sequence given its per-item kinds. Only the tags are visited: linear in the number of tags."""
+    kinds = torch.as_tensor(kinds, dtype=torch.long)
+    parser = StructureParser(partial=partial, require_think=require_think, text_of=text_of, unit=unit)
+    is_text = kinds == TEXT
+    # Only text runs that start right after a tag matter to the automaton: feed their first item.
+    run_start = is_text.clone()
+    run_start[1:] &= ~is_text[:-1]
+    events = torch.nonzero(~is_text | run_start).flatten().tolist()
+    kind_list = kinds[events].tolist()
+    for index, kind in zip(events, kind_list):
+        parser.feed(kind, index)
+    parser.length = len(kinds)
+    return parser.finish()
+
+
+def parse_ids(
+    ids: torch.Tensor | Sequence[int],
+    tag_ids: TagIds,
+    *,
+    decode: Callable[[list[int]], str] | None = None,
+    partial: bool = False,
+    require_think: bool = False,
+) -> Structure:
+    """Parse token ids. With `decode` (e.g. `tokenizer.decode`), labels and whitespace are checked too.
+
+    >>> # s = parse_ids(tokenizer(text)["input_ids"], tag_ids_from_tokenizer(tokenizer), decode=tokenizer.decode)
+    """
+    ids_list = torch.as_tensor(ids, dtype=torch.long).tolist()
+    text_of = None if decode is None else (lambda i, j: decode(ids_list[i:j]))
+    return parse_kinds(
+        kinds_of_ids(ids_list, tag_ids), partial=partial, require_think=require_think, text_of=text_of
+    )
+
+
+def parse_text(text: str, *, partial: bool = False, require_think: bool = False) -> Structure:
+    """Parse text. Items are tags and the text between them; errors give character offsets.
+
+    The returned tree indexes items; `item_texts(text)` gives them.
+    """
+    pieces = split_tags(text)
+    offsets = []
+    at = 0
+    for piece in pieces:
+        offsets.append(at)
+        at += len(piece)
+    kinds = [tag_kind(p) for p in pieces]
+    try:
+        return parse_kinds(
+            kinds, partial=partial, require_think=require_think, text_of=lambda i, j: "".join(pieces[i:j]), unit="item"
+        )
+    except StructureError as err:
+        index = err.index if err.index is not None else 0
+        char = offsets[index] if index < len(offsets) else len(text)
+        message = re.sub(r"\bitem (\d+)", lambda m: f"char {offsets[int(m.group(1))] if int(m.group(1)) < len(offsets) else len(text)}", str(err))
+        raise StructureError(message, char) from None
+
+
+def item_texts(text: str) -> list[str]:
+    """The items `parse_text` indexes."""
+    return split_tags(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token arrays (SPEC 4-5)
+
+
+@dataclass
+class TokenStructure:
+    """O(S) arrays that define Multiverse Attention and positions for one sequence.
+
+    - `position_ids[t]`: SPEC 5 position of token t.
+    - `forbid_lo[d, t] <= k < forbid_hi[d, t]`: keys token t may not see. Row d is the nesting depth
+      of a block: for a token in path unit i of that block, the interval covers the sibling units
+      that precede unit i. Later siblings are invisible already by causality, and intervals of
+      different depths never overlap, so `allowed(q, k) = k <= q and k is in no interval of q`.
+      Row 0 is reserved for document isolation (padding, packing): [0, 0) by default.
+    """
+
+    position_ids: torch.Tensor  # [S] long
+    forbid_lo: torch.Tensor  # [D+1, S] long
+    forbid_hi: torch.Tensor  # [D+1, S] long
+
+    @property
+    def length(self) -> int:
+        return self.position_ids.shape[0]
+
+    @classmethod
+    def causal(cls, length: int, depth: int = 0) -> TokenStructure:
+        zeros = torch.zeros(depth + 1, length, dtype=torch.long)
+        return cls(torch.arange(length), zeros, zeros.clone())
+
+    @classmethod
+    def from_structure(cls, structure: Structure) -> TokenStructure:
+        n = structure.length
+        out = cls.causal(n, structure.max_depth)
+        # Positions are piecewise arithmetic: segment starts (index, value), filled in one pass.
+        seg_index: list[int] = [0]
+        seg_value: list[int] = [0]
+
+        def walk(blocks: list[Block], start: int, pos: int, end: int) -> int:
+            """Assign positions to items [start, end) beginning at `pos`; returns the positional extent."""
+            t, p = start, pos
+            for block in blocks:
+                if not block.paths:
+                    continue
+                first = block.paths[0].start
+                p0 = p + (first - t)
+                longest = 0
+                for i, unit in enumerate(block.paths):
+                    unit_end = n if unit.end is None else unit.end
+                    seg_index.append(unit.start)
+                    seg_value.append(p0)
+                    longest = max(longest, walk(unit.blocks, unit.start, p0, unit_end))
+                    if i:
+                        out.forbid_lo[block.depth + 1, unit.start : unit_end] = first
+                        out.forbid_hi[block.depth + 1, unit.start : unit_end] = unit.start
+                t = unit_end
+                p = p0 + longest
+                if t < end:
+                    seg_index.append(t)
+                    seg_value.append(p)
+            return p + (end - t) - pos
+
+        walk(structure.blocks, 0, 0, n)
+        if n:
+            index = torch.tensor(seg_index)
+            offset = torch.tensor(seg_value) - index
+            # the segment in force at each item: the latest one starting at or before it
+            per_item = torch.zeros(n, dtype=torch.long)
+            per_item.scatter_reduce_(0, index, torch.arange(len(seg_index)), reduce="amax")
+            segment = torch.cummax(per_item, dim=0).values
+            out.position_ids = torch.arange(n) + offset[segment]
+        return out
+
+    def critical_path_tokens(self) -> int:
+        """Tokens on the critical path (SPEC 8): the positional extent of the sequence."""
+        return int(self.position_ids.max()) + 1 if self.length else 0

@@ -1,0 +1,55 @@
+"""Adding the twelve tags to a tokenizer and a model (SPEC 2).
+
+Example:
+    >>> tag_ids = add_multiverse_tokens(model, tokenizer)  # doctest: +SKIP
+    >>> tokenizer.convert_ids_to_tokens(tag_ids["<Path>"])  # doctest: +SKIP
+    '<Path>'
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AddedToken
+
+from .structure import TAGS, MissingTagsError, tag_ids_from_tokenizer
+
+
+def _name_piece_ids(tokenizer, tag: str) -> list[int]:
+    """Token ids of the tag's name without brackets, e.g. "Parallel" or "/Parallel"."""
+    return tokenizer(tag.strip("<>"), add_special_tokens=False)["input_ids"]
+
+
+def add_multiverse_tokens(model, tokenizer) -> dict[str, int]:
+    """Add the tags as special tokens and initialise their embeddings; returns `{tag: id}`.
+
+    New rows of the input (and, if untied, output) embeddings start as the mean of the embeddings
+    of the word pieces of the tag's name. A tokenizer that already has all the tags (for instance
+    the published Multiverse-32B) is left as it is and no embedding is touched. The ids are stored
+    in `model.config.tag_token_ids` when the model has that field.
+    """
+    try:
+        tag_ids = tag_ids_from_tokenizer(tokenizer)
+    except MissingTagsError:
+        tag_ids = None
+    if tag_ids is None:
+        pieces = {tag: _name_piece_ids(tokenizer, tag) for tag in TAGS}
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": [AddedToken(t, special=True, normalized=False) for t in TAGS]},
+            replace_extra_special_tokens=False,
+        )
+        tag_ids = tag_ids_from_tokenizer(tokenizer)
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            tables = [model.get_input_embeddings().weight]
+            output = model.get_output_embeddings()
+            if output is not None and output.weight.data_ptr() != tables[0].data_ptr():
+                tables.append(output.weight)
+            for table in tables:
+                for tag, ids in pieces.items():
+                    table[tag_ids[tag]] = table[ids].mean(0)
+    elif model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if hasattr(model.config, "tag_token_ids"):
+        model.config.tag_token_ids = dict(tag_ids)
+    return dict(tag_ids)

@@ -1,0 +1,1 @@
+"""The `multiverse` command line: each subcommand imports its stage lazily."""
