@@ -6,6 +6,7 @@ from .attention import block_mask, dense_mask, multiverse_attention_inputs, pack
 from .configuration_multiverse import SUPPORTED_BASES, MultiverseConfig
 from .modeling_multiverse import MultiverseForCausalLM
 from .structure import (
+    CONCLUSION_SEED,
     PARALLEL_INSTRUCTION,
     TAGS,
     MissingTagsError,
@@ -13,7 +14,10 @@ from .structure import (
     StructureError,
     StructureParser,
     TokenStructure,
+    format_parallel,
+    format_response,
     parse_ids,
+    path_seed,
     parse_kinds,
     parse_text,
     remove_tags,
@@ -26,6 +30,7 @@ AutoConfig.register("multiverse", MultiverseConfig, exist_ok=True)
 AutoModelForCausalLM.register(MultiverseConfig, MultiverseForCausalLM, exist_ok=True)
 
 __all__ = [
+    "CONCLUSION_SEED",
     "PARALLEL_INSTRUCTION",
     "SUPPORTED_BASES",
     "TAGS",
@@ -41,7 +46,10 @@ __all__ = [
     "dense_mask",
     "multiverse_attention_inputs",
     "pack",
+    "format_parallel",
+    "format_response",
     "parse_ids",
+    "path_seed",
     "parse_kinds",
     "parse_text",
     "remove_tags",

@@ -102,6 +102,42 @@ def tag_kind(piece: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# Writing the format (the curator and the engine write tags only through these)
+
+
+def path_seed(label: str) -> str:
+    """What the engine forces at the start of branch `label` (SPEC 6): separator, `<Path>`, label."""
+    return f"\n{TAGS[PATH]}\n{label}:"
+
+
+CONCLUSION_SEED = f"\n{TAGS[CONCLUSION]}\n"
+"""What the engine forces at a merge (SPEC 6)."""
+
+
+def format_parallel(outlines: Sequence[tuple[str, str]], paths: Sequence[str], conclusion: str) -> str:
+    """One `<Parallel>` block: `outlines` are (label, text); `paths[k]` is the body of path k.
+
+    >>> format_parallel([("1", "a"), ("2", "b")], ["x", "y"], "z").count("<Path>")
+    2
+    """
+    if len(outlines) != len(paths) or not outlines:
+        raise ValueError(f"a block needs one path per outline, got {len(outlines)} outline(s) and {len(paths)} path(s)")
+    goal = "".join(f"\n{TAGS[OUTLINE]}{label}: {text.strip()}{TAGS[OUTLINE_END]}" for label, text in outlines)
+    units = "".join(
+        f"{path_seed(label)} {body.strip()}{TAGS[PATH_END]}" for (label, _), body in zip(outlines, paths)
+    )
+    return (
+        f"{TAGS[PARALLEL]}\n{TAGS[GOAL]}{goal}\n{TAGS[GOAL_END]}{units}"
+        f"{CONCLUSION_SEED}{conclusion.strip()}{TAGS[CONCLUSION_END]}\n{TAGS[PARALLEL_END]}"
+    )
+
+
+def format_response(think: str, answer: str) -> str:
+    """`<Think>` body `</Think>` answer."""
+    return f"{TAGS[THINK]}\n{think.strip()}\n{TAGS[THINK_END]}\n{answer.strip()}"
+
+
+# ----------------------------------------------------------------------------------------------
 # The tree
 
 
