@@ -24,7 +24,7 @@ from .structure import (
     split_tags,
     tag_ids_from_tokenizer,
 )
-from .tokens import add_multiverse_tokens
+from .tokens import add_multiverse_tokens, add_tag_tokens
 
 AutoConfig.register("multiverse", MultiverseConfig, exist_ok=True)
 AutoModelForCausalLM.register(MultiverseConfig, MultiverseForCausalLM, exist_ok=True)
@@ -42,6 +42,7 @@ __all__ = [
     "StructureParser",
     "TokenStructure",
     "add_multiverse_tokens",
+    "add_tag_tokens",
     "block_mask",
     "dense_mask",
     "multiverse_attention_inputs",

@@ -377,13 +377,17 @@ class StructureParser:
         self.last_kind = kind
 
     def _think(self, index: int, top: _Frame) -> None:
-        if len(self.stack) != 1 or self.think_open is not None:
-            self._fail(index, THINK, "at most one <Think>, outside parallel blocks")
+        if len(self.stack) != 1:
+            self._fail(index, THINK, self._expected(top))
+        if self.think_open is not None:
+            self._fail(index, THINK, f"a single <Think> (one was opened at {self.unit} {self.think_open})")
         self.think_open = index
 
     def _think_end(self, index: int, top: _Frame) -> None:
-        if len(self.stack) != 1 or self.think_open is None or self.think_close is not None:
-            self._fail(index, THINK_END, "</Think> only after <Think>, outside parallel blocks")
+        if len(self.stack) != 1:
+            self._fail(index, THINK_END, self._expected(top))
+        if self.think_open is None or self.think_close is not None:
+            self._fail(index, THINK_END, "</Think> only once, after <Think>")
         self.think_close = index
 
     def _in_body(self, top: _Frame) -> bool:

@@ -19,6 +19,15 @@ def _name_piece_ids(tokenizer, tag: str) -> list[int]:
     return tokenizer(tag.strip("<>"), add_special_tokens=False)["input_ids"]
 
 
+def add_tag_tokens(tokenizer) -> dict[str, int]:
+    """Add the twelve tags to a tokenizer as single special tokens (no-op where present); returns `{tag: id}`."""
+    tokenizer.add_special_tokens(
+        {"extra_special_tokens": [AddedToken(t, special=True, normalized=False) for t in TAGS]},
+        replace_extra_special_tokens=False,
+    )
+    return tag_ids_from_tokenizer(tokenizer)
+
+
 def add_multiverse_tokens(model, tokenizer) -> dict[str, int]:
     """Add the tags as special tokens and initialise their embeddings; returns `{tag: id}`.
 
@@ -33,11 +42,7 @@ def add_multiverse_tokens(model, tokenizer) -> dict[str, int]:
         tag_ids = None
     if tag_ids is None:
         pieces = {tag: _name_piece_ids(tokenizer, tag) for tag in TAGS}
-        tokenizer.add_special_tokens(
-            {"extra_special_tokens": [AddedToken(t, special=True, normalized=False) for t in TAGS]},
-            replace_extra_special_tokens=False,
-        )
-        tag_ids = tag_ids_from_tokenizer(tokenizer)
+        tag_ids = add_tag_tokens(tokenizer)
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         with torch.no_grad():

@@ -1,0 +1,367 @@
+"""`multiverse eval`: accuracy, well-formedness, parallelism, tokens and time of a model on a JSONL task.
+
+Data kinds are detected from the fields of the first record (or forced with `--kind`):
+- `builtin`: `{id, question, sequential, answer}` as written by `multiverse data synth`;
+- `choice`: `question` + `choices` (list, or {letter: text}) or `options`, and an answer letter;
+- `aime`: `problem` or `question` + an integer answer (AIME 2024/2025 files);
+- `math`: `problem` + `answer` (MATH500).
+
+Prompts go through the tokenizer's chat template; for Multiverse models (the tokenizer has the tags)
+the user turn ends with PARALLEL_INSTRUCTION. Generation is greedy and batched with left padding.
+
+Example:
+    $ multiverse eval --model out/smollm2-multiverse --data ../shared/data/MATH500_test.jsonl --limit 20
+
+    >>> report = evaluate(model, tokenizer, load_records("aime.jsonl"), "aime", 512, 8, True)  # doctest: +SKIP
+    >>> report["accuracy"], report["parallelism"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import string
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modeling_multiverse import PARALLEL_INSTRUCTION, MissingTagsError, StructureError, parse_text, tag_ids_from_tokenizer
+from multiverse.grading import KINDS, extract_answer, grade
+
+ANSWER_HINTS: dict[str, str] = {
+    "math": "Put your final answer within \\boxed{}.",
+    "aime": "Put your final answer, an integer from 0 to 999, within \\boxed{}.",
+    "builtin": "",  # the built-in questions carry their own instructions
+    "choice": "Put the letter of your final answer within \\boxed{}.",
+}
+"""What each kind asks for after the question, so that the answer can be found."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def detect_kind(record: Mapping[str, Any], where: str = "record") -> str:
+    """The data kind of one record, from its fields (see module doc).
+
+    >>> detect_kind({"question": "2+2?", "answer": "4"})
+    'aime'
+    """
+    fields = set(record)
+    if {"id", "question", "sequential", "answer"} <= fields:
+        return "builtin"
+    if ("question" in fields or "problem" in fields) and ("choices" in fields or "options" in fields):
+        return "choice"
+    if ("problem" in fields or "question" in fields) and "answer" in fields:
+        answer = str(record["answer"]).strip()
+        if answer.lstrip("-").isdigit():
+            return "aime" if "solution" not in fields or "unique_id" not in fields else "math"
+        if "problem" in fields:
+            return "math"
+    raise ValueError(
+        f"{where}: cannot tell the data kind from fields {sorted(fields)}; expected MATH500 (problem, answer), "
+        "AIME (problem|question, integer answer), built-in (id, question, sequential, answer) or multiple choice "
+        "(question, choices|options, answer letter). Pass --kind to force one."
+    )
+
+
+def _choices_of(record: Mapping[str, Any], where: str) -> list[tuple[str, str]]:
+    """(letter, text) pairs of a multiple-choice record."""
+    choices = record.get("choices", record.get("options"))
+    if isinstance(choices, Mapping):
+        pairs = [(str(k).strip().upper(), str(v)) for k, v in choices.items()]
+    elif isinstance(choices, Sequence) and not isinstance(choices, str) and choices:
+        pairs = list(zip(string.ascii_uppercase, map(str, choices)))
+    else:
+        raise ValueError(f"{where}: 'choices'/'options' must be a non-empty list or a {{letter: text}} object")
+    return pairs
+
+
+def normalize_record(record: Mapping[str, Any], kind: str, index: int, where: str = "record") -> dict[str, Any]:
+    """`{id, question, answer, kind}` from a raw record: the prompt text and the reference answer for grading."""
+    question = record.get("question", record.get("problem"))
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: no 'question' or 'problem' text")
+    if "answer" not in record:
+        raise ValueError(f"{where}: no 'answer' field")
+    answer = str(record["answer"]).strip()
+    if kind == "choice":
+        pairs = _choices_of(record, where)
+        letters = [letter for letter, _ in pairs]
+        if answer.strip("() .").upper() not in letters:
+            raise ValueError(f"{where}: answer {answer!r} is not one of the choice letters {letters}")
+        question = question.rstrip() + "\n\n" + "\n".join(f"{letter}. {text}" for letter, text in pairs)
+    elif kind in ("aime", "builtin"):
+        if extract_answer(answer, kind) is None:
+            raise ValueError(f"{where}: {kind} answer {answer!r} is not an integer")
+    return {"id": record.get("id", record.get("unique_id", index)), "question": question, "answer": answer, "kind": kind}
+
+
+def load_records(path: str | Path, kind: str | None = None, limit: int | None = None) -> tuple[list[dict], str]:
+    """Read a JSONL task file; returns (normalised records, kind). The kind is detected unless given.
+
+    >>> records, kind = load_records("../shared/data/aime2025-I.jsonl", limit=2)  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown --kind {kind!r}; expected one of {', '.join(KINDS)}")
+    raw: list[tuple[int, dict]] = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            if limit is not None and len(raw) >= limit:
+                break
+            try:
+                raw.append((line_number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
+    if not raw:
+        raise ValueError(f"{path}: no records")
+    kind = kind or detect_kind(raw[0][1], f"{path}:{raw[0][0]}")
+    records = [normalize_record(r, kind, i, f"{path}:{n}") for i, (n, r) in enumerate(raw)]
+    return records, kind
+
+
+def user_message(record: Mapping[str, Any], parallel_prompt: bool) -> str:
+    """The user turn: question, answer-format hint, and PARALLEL_INSTRUCTION last when asked for (SPEC 2)."""
+    parts = [record["question"].strip(), ANSWER_HINTS[record["kind"]]]
+    if parallel_prompt:
+        parts.append(PARALLEL_INSTRUCTION)
+    return " ".join(part for part in parts if part)
+
+
+def is_multiverse_tokenizer(tokenizer) -> bool:
+    """Whether the tokenizer has the twelve tags: the model writes the Multiverse format."""
+    try:
+        tag_ids_from_tokenizer(tokenizer)
+    except MissingTagsError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+
+
+def _prompt_texts(tokenizer, records: Sequence[Mapping[str, Any]], parallel_prompt: bool) -> list[str]:
+    texts = []
+    for record in records:
+        message = user_message(record, parallel_prompt)
+        if tokenizer.chat_template:
+            texts.append(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+                )
+            )
+        else:  # a base model without a chat template reads the bare question
+            texts.append(message + "\n")
+    return texts
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def generation_stats(output: Any, row: int, generated_tokens: int) -> tuple[int, int]:
+    """(generated tokens, decode steps) of one prompt of a `generate` output.
+
+    A fork/merge engine reports them per prompt in `output.stats` (a list of dicts or objects with
+    `generated_tokens` and `decode_steps`); a plain causal model does not, and then every generated
+    token took its own decode step (parallelism 1.0).
+    """
+    stats = getattr(output, "stats", None)
+    if stats is None and isinstance(output, Mapping):
+        stats = output.get("stats")
+    if stats is not None and row < len(stats):
+        entry = stats[row]
+        read = entry.get if isinstance(entry, Mapping) else lambda name: getattr(entry, name, None)
+        tokens, steps = read("generated_tokens"), read("decode_steps")
+        tokens = generated_tokens if tokens is None else int(tokens)
+        if steps is not None:
+            return tokens, int(steps)
+        return tokens, tokens
+    return generated_tokens, generated_tokens
+
+
+def _well_formed(text: str) -> bool:
+    try:
+        parse_text(text, require_think=True)
+    except StructureError:
+        return False
+    return True
+
+
+@torch.inference_mode()
+def evaluate(
+    model,
+    tokenizer,
+    records: Sequence[Mapping[str, Any]],
+    kind: str,
+    max_new_tokens: int = 1024,
+    batch_size: int = 8,
+    parallel_prompt: bool = True,
+) -> dict[str, Any]:
+    """Generate greedily for every record, grade, and summarise.
+
+    `records` are `load_records` output (`{id, question, answer, kind}`). Returns a report with
+    `accuracy`, `well_formed` (fraction of responses that parse with a `<Think>` block),
+    `parallelism` (mean of generated tokens / decode steps), `mean_tokens`, `wall_time_s`,
+    `tokens_per_s` and per-problem `records`.
+
+    Example:
+        >>> report = evaluate(model, tokenizer, records, "math", max_new_tokens=256)  # doctest: +SKIP
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
+    records = [dict(r, kind=r.get("kind", kind)) for r in records]
+    stop_ids = _stop_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids), 0)
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues every row from its last real token
+    device = next(model.parameters()).device
+    results: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    try:
+        for first in range(0, len(records), batch_size):
+            batch = records[first : first + batch_size]
+            encoded = tokenizer(
+                _prompt_texts(tokenizer, batch, parallel_prompt),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            ).to(device)
+            batch_start = time.perf_counter()
+            output = model.generate(
+                input_ids=encoded["input_ids"],
+                attention_mask=encoded["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                return_dict_in_generate=True,
+            )
+            batch_time = time.perf_counter() - batch_start
+            new_tokens = output.sequences[:, encoded["input_ids"].shape[1] :].tolist()
+            for row, (record, ids) in enumerate(zip(batch, new_tokens)):
+                # the response ends at the first stop token; what follows is padding
+                end = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
+                tokens, steps = generation_stats(output, row, end + (end < len(ids)))
+                response = tokenizer.decode(ids[:end], skip_special_tokens=False)
+                results.append(
+                    {
+                        "id": record["id"],
+                        "answer": record["answer"],
+                        "predicted": extract_answer(response, record["kind"]),
+                        "correct": grade(response, record["answer"], record["kind"]),
+                        "well_formed": _well_formed(response),
+                        "finished": end < len(ids),
+                        "generated_tokens": tokens,
+                        "decode_steps": steps,
+                        "parallelism": tokens / steps if steps else 1.0,
+                        "batch_time_s": batch_time,
+                        "response": response,
+                    }
+                )
+    finally:
+        tokenizer.padding_side = padding_side
+    wall = time.perf_counter() - start
+    return summarize(results, kind, wall)
+
+
+def summarize(results: Sequence[Mapping[str, Any]], kind: str, wall_time_s: float) -> dict[str, Any]:
+    """The report of `evaluate` from per-problem results."""
+    n = len(results)
+
+    def mean(field: str) -> float:
+        return sum(float(r[field]) for r in results) / n if n else 0.0
+
+    total_tokens = sum(r["generated_tokens"] for r in results)
+    return {
+        "kind": kind,
+        "n": n,
+        "accuracy": mean("correct"),
+        "well_formed": mean("well_formed"),
+        "finished": mean("finished"),
+        "parallelism": mean("parallelism"),
+        "mean_tokens": mean("generated_tokens"),
+        "mean_decode_steps": mean("decode_steps"),
+        "wall_time_s": wall_time_s,
+        "tokens_per_s": total_tokens / wall_time_s if wall_time_s > 0 else 0.0,
+        "records": list(results),
+    }
+
+
+def format_summary(report: Mapping[str, Any]) -> str:
+    """A small table of the report's headline numbers."""
+    rows = [
+        ("kind", report["kind"]),
+        ("problems", report["n"]),
+        ("accuracy", f"{report['accuracy']:.1%}"),
+        ("well-formed", f"{report['well_formed']:.1%}"),
+        ("finished", f"{report['finished']:.1%}"),
+        ("parallelism", f"{report['parallelism']:.3f}"),
+        ("mean tokens", f"{report['mean_tokens']:.1f}"),
+        ("wall time (s)", f"{report['wall_time_s']:.1f}"),
+        ("tokens / s", f"{report['tokens_per_s']:.1f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="multiverse eval", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="model folder or Hub id")
+    parser.add_argument("--data", required=True, help="JSONL task file")
+    parser.add_argument("--kind", choices=KINDS, help="answer kind; detected from the fields when left out")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N records")
+    parser.add_argument("--max-new-tokens", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--parallel-prompt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="append PARALLEL_INSTRUCTION to the prompt (default: when the tokenizer has the Multiverse tags)",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto", help="torch dtype to load the weights in (auto, bfloat16, float32)")
+    parser.add_argument("--output", help="write the full report (with per-problem records) to this JSON file")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import modeling_multiverse  # noqa: F401  (registers the multiverse model type with the Auto classes)
+
+    records, kind = load_records(args.data, args.kind, args.limit)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    parallel_prompt = is_multiverse_tokenizer(tokenizer) if args.parallel_prompt is None else args.parallel_prompt
+    report = evaluate(model, tokenizer, records, kind, args.max_new_tokens, args.batch_size, parallel_prompt)
+    report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt)
+    print(format_summary(report))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"report written to {args.output}")
+    return 0
