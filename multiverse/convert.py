@@ -50,7 +50,7 @@ def _check_family(model_type: str, base: str) -> None:
         )
 
 
-def convert(base: str, out: str | Path, *, overwrite: bool = False) -> Path:
+def convert(base: str, out: str | Path, *, overwrite: bool = False, repo_id: str | None = None) -> Path:
     """Convert BASE into a Multiverse model folder at `out`; returns the folder.
 
     >>> convert("smollm2", "out/smollm2-multiverse")  # doctest: +SKIP
@@ -94,7 +94,7 @@ def convert(base: str, out: str | Path, *, overwrite: bool = False) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        _write_extras(staging, base_name)
+        _write_extras(staging, base_name, repo_id or f"your-name/{out.name}")
         staging.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
         for file in staging.rglob("*"):
             file.chmod(0o755 if file.is_dir() else 0o644)
@@ -107,7 +107,7 @@ def convert(base: str, out: str | Path, *, overwrite: bool = False) -> Path:
     return out
 
 
-def _write_extras(folder: Path, base_name: str) -> None:
+def _write_extras(folder: Path, base_name: str, repo_id: str) -> None:
     """custom_generate/ and the model card, where those parts of the project are present."""
     try:
         from modeling_multiverse.generation import write_custom_generate
@@ -120,7 +120,13 @@ def _write_extras(folder: Path, base_name: str) -> None:
     except ImportError:
         render_model_card = None
     if render_model_card is not None:
-        card = render_model_card(base_model=base_name, stage="converted")
+        card = render_model_card(
+            repo_id=repo_id,
+            base_model=base_name,
+            summary=f"{base_name} converted to a Multiverse model: the tags added, Multiverse Attention and the "
+            "fork/merge engine attached, the weights unchanged. It has not been trained on Multiverse data yet, "
+            "so it still answers sequentially.",
+        )
         card.save(folder / "README.md")
     (folder / "multiverse_conversion.json").write_text(json.dumps({"base_model": base_name}, indent=2) + "\n")
 
@@ -130,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="`smollm2`, a Qwen2/Llama model folder, or a .gguf file")
     parser.add_argument("--out", required=True, help="output folder (Hub-ready)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--repo-id", default=None, help="Hub id named in the model card (owner/name)")
     args = parser.parse_args(argv)
-    folder = convert(args.base, args.out, overwrite=args.overwrite)
+    folder = convert(args.base, args.out, overwrite=args.overwrite, repo_id=args.repo_id)
     print(f"wrote {folder}")
     return 0

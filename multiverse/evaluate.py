@@ -28,8 +28,14 @@ from typing import Any
 
 import torch
 
-from modeling_multiverse import PARALLEL_INSTRUCTION, MissingTagsError, StructureError, parse_text, tag_ids_from_tokenizer
-from multiverse.grading import KINDS, extract_answer, grade
+from modeling_multiverse import (
+    PARALLEL_INSTRUCTION,
+    MissingTagsError,
+    StructureError,
+    parse_text,
+    tag_ids_from_tokenizer,
+)
+from multiverse.grading import KINDS, extract_answer, grade, integer_reference
 
 ANSWER_HINTS: dict[str, str] = {
     "math": "Put your final answer within \\boxed{}.",
@@ -44,23 +50,23 @@ ANSWER_HINTS: dict[str, str] = {
 # Data
 
 
-def detect_kind(record: Mapping[str, Any], where: str = "record") -> str:
-    """The data kind of one record, from its fields (see module doc).
+def detect_kind(records: Sequence[Mapping[str, Any]], where: str = "data") -> str:
+    """The data kind of a task file from its records' fields (see module doc).
 
-    >>> detect_kind({"question": "2+2?", "answer": "4"})
+    Problem + answer files are AIME when every answer is an integer and MATH otherwise (MATH500,
+    recognised by its `unique_id`, stays MATH even where its answers are integers).
+
+    >>> detect_kind([{"question": "2+2?", "answer": "4"}])
     'aime'
     """
-    fields = set(record)
+    fields = set(records[0])
     if {"id", "question", "sequential", "answer"} <= fields:
         return "builtin"
     if ("question" in fields or "problem" in fields) and ("choices" in fields or "options" in fields):
         return "choice"
     if ("problem" in fields or "question" in fields) and "answer" in fields:
-        answer = str(record["answer"]).strip()
-        if answer.lstrip("-").isdigit():
-            return "aime" if "solution" not in fields or "unique_id" not in fields else "math"
-        if "problem" in fields:
-            return "math"
+        integers = all(integer_reference(r.get("answer", "")) is not None for r in records)
+        return "aime" if integers and "unique_id" not in fields else "math"
     raise ValueError(
         f"{where}: cannot tell the data kind from fields {sorted(fields)}; expected MATH500 (problem, answer), "
         "AIME (problem|question, integer answer), built-in (id, question, sequential, answer) or multiple choice "
@@ -94,10 +100,10 @@ def normalize_record(record: Mapping[str, Any], kind: str, index: int, where: st
         if answer.strip("() .").upper() not in letters:
             raise ValueError(f"{where}: answer {answer!r} is not one of the choice letters {letters}")
         question = question.rstrip() + "\n\n" + "\n".join(f"{letter}. {text}" for letter, text in pairs)
-    elif kind in ("aime", "builtin"):
-        if extract_answer(answer, kind) is None:
-            raise ValueError(f"{where}: {kind} answer {answer!r} is not an integer")
-    return {"id": record.get("id", record.get("unique_id", index)), "question": question, "answer": answer, "kind": kind}
+    elif kind in ("aime", "builtin") and integer_reference(answer) is None:
+        raise ValueError(f"{where}: {kind} answer {answer!r} is not an integer (or \\boxed{{N}})")
+    record_id = record.get("id", record.get("unique_id", index))
+    return {"id": record_id, "question": question, "answer": answer, "kind": kind}
 
 
 def load_records(path: str | Path, kind: str | None = None, limit: int | None = None) -> tuple[list[dict], str]:
@@ -123,7 +129,7 @@ def load_records(path: str | Path, kind: str | None = None, limit: int | None = 
                 raise ValueError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
     if not raw:
         raise ValueError(f"{path}: no records")
-    kind = kind or detect_kind(raw[0][1], f"{path}:{raw[0][0]}")
+    kind = kind or detect_kind([r for _, r in raw], str(path))
     records = [normalize_record(r, kind, i, f"{path}:{n}") for i, (n, r) in enumerate(raw)]
     return records, kind
 
@@ -175,22 +181,17 @@ def _stop_ids(model, tokenizer) -> set[int]:
 def generation_stats(output: Any, row: int, generated_tokens: int) -> tuple[int, int]:
     """(generated tokens, decode steps) of one prompt of a `generate` output.
 
-    A fork/merge engine reports them per prompt in `output.stats` (a list of dicts or objects with
-    `generated_tokens` and `decode_steps`); a plain causal model does not, and then every generated
-    token took its own decode step (parallelism 1.0).
+    The fork/merge engine (`modeling_multiverse.generation`) reports both per prompt as the lists
+    `output.generated_tokens` and `output.decode_steps`; a plain causal model does not, and then
+    every generated token (`generated_tokens`, counted from the sequences) took its own decode step.
+
+    >>> generation_stats(MultiverseGenerateOutput(generated_tokens=[30], decode_steps=[20]), 0, 31)  # doctest: +SKIP
+    (30, 20)
     """
-    stats = getattr(output, "stats", None)
-    if stats is None and isinstance(output, Mapping):
-        stats = output.get("stats")
-    if stats is not None and row < len(stats):
-        entry = stats[row]
-        read = entry.get if isinstance(entry, Mapping) else lambda name: getattr(entry, name, None)
-        tokens, steps = read("generated_tokens"), read("decode_steps")
-        tokens = generated_tokens if tokens is None else int(tokens)
-        if steps is not None:
-            return tokens, int(steps)
-        return tokens, tokens
-    return generated_tokens, generated_tokens
+    tokens, steps = getattr(output, "generated_tokens", None), getattr(output, "decode_steps", None)
+    if tokens is None or steps is None:
+        return generated_tokens, generated_tokens
+    return int(tokens[row]), int(steps[row])
 
 
 def _well_formed(text: str) -> bool:
@@ -250,6 +251,7 @@ def evaluate(
                 do_sample=False,
                 pad_token_id=pad_id,
                 return_dict_in_generate=True,
+                tokenizer=tokenizer,  # the engine reads labels and tags with it
             )
             batch_time = time.perf_counter() - batch_start
             new_tokens = output.sequences[:, encoded["input_ids"].shape[1] :].tolist()
@@ -348,9 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import modeling_multiverse  # noqa: F401  (registers the multiverse model type with the Auto classes)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # (importing modeling_multiverse registered ours)
 
     records, kind = load_records(args.data, args.kind, args.limit)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

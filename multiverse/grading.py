@@ -258,11 +258,21 @@ def grade(response: str, reference: str | int, kind: str) -> bool:
         return math_equal(predicted, reference)
     if kind == "choice":
         return predicted == reference.strip("() .").upper()
-    boxed = last_boxed(reference)  # built-in references may be written as "\boxed{N}"
-    try:
-        return int(predicted) == int((boxed if boxed is not None else reference).replace(",", ""))
-    except ValueError as err:
-        raise ValueError(f"{kind} reference answer {reference!r} is not an integer") from err
+    value = integer_reference(reference)
+    if value is None:
+        raise ValueError(f"{kind} reference answer {reference!r} is not an integer")
+    return int(predicted) == value
+
+
+def integer_reference(reference: str | int) -> int | None:
+    r"""A reference answer as an integer: "025", "\boxed{7}" and "336^\circ" (a data quirk) all count; else None.
+
+    >>> integer_reference(r"\boxed{025}")
+    25
+    """
+    text = str(reference)
+    text = normalize_math(last_boxed(text) or text)
+    return int(text) if re.fullmatch(r"-?\d+", text) else None
 
 
 def _check_kind(kind: str) -> None:
