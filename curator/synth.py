@@ -1,0 +1,158 @@
+"""`multiverse data synth`: a built-in task with natural parallelism, written as sequential chains of thought.
+
+Each problem is a short word problem made of `k` independent sub-computations (one per person) and a
+combining step (the total). With `nesting`, a person's count is itself two independent parts and a
+sum, which gives a nested parallel block once curated. Every intermediate result is distinct from
+every number in the question and from every other result, so which step uses which result is never
+ambiguous (the rules structurer relies on that).
+
+Example:
+    >>> rows = synthesize(2, seed=0)
+    >>> sorted(rows[0])
+    ['answer', 'id', 'question', 'sequential']
+    >>> rows[0]["sequential"].splitlines()[-1].startswith("So the answer is \\\\boxed{")
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+NAMES = ("Tom", "Ann", "Ben", "Eva", "Max", "Lia", "Sam", "Zoe", "Leo", "Mia", "Kai", "Ivy")
+ITEMS = ("marbles", "apples", "stickers", "coins", "cards", "shells", "stamps", "pencils")
+CONTAINERS = ("boxes", "bags", "jars", "packs")
+
+
+def _operand(rng: random.Random, digits: tuple[int, int]) -> int:
+    width = rng.randint(*digits)
+    return rng.randint(2 if width == 1 else 10 ** (width - 1), 10**width - 1)
+
+
+def _part(rng: random.Random, item: str, digits: tuple[int, int], kind: str) -> tuple[str, str, int, list[int]]:
+    """One independent computation: (question clause, chain step body, value, question numbers)."""
+    if kind == "groups":
+        a, b = rng.randint(2, 9), _operand(rng, digits)
+        return f"{a} {rng.choice(CONTAINERS)} with {b} {item} each", f"{a} * {b} = {a * b}", a * b, [a, b]
+    if kind == "sum":
+        a, b = _operand(rng, digits), _operand(rng, digits)
+        return f"{a} {item} in one pile and {b} in another", f"{a} + {b} = {a + b}", a + b, [a, b]
+    a, b = sorted((_operand(rng, digits), _operand(rng, digits)), reverse=True)
+    a += 1  # strictly positive remainder
+    return f"{a} {item} after giving away {b}", f"{a} - {b} = {a - b}", a - b, [a, b]
+
+
+def _problem(rng: random.Random, k: int, digits: tuple[int, int], nesting: float) -> tuple[str, list[str], int] | None:
+    """One attempt at a problem; None when two numbers collide (the caller draws again)."""
+    item = rng.choice(ITEMS)
+    names = rng.sample(NAMES, k)
+    clauses, steps, values, person_totals, question_numbers = [], [], [], [], []
+    for name in names:
+        if rng.random() < nesting:
+            # a nested person: two independent parts, then their sum
+            first = _part(rng, item, digits, "groups")
+            second = _part(rng, item, digits, rng.choice(("groups", "sum")))
+            value = first[2] + second[2]
+            clauses.append(f"{name} has {first[0]} and also {second[0]}.")
+            steps += [
+                f"{name}'s first part: {first[1]}.",
+                f"{name}'s second part: {second[1]}.",
+                f"{name}'s {item}: {first[2]} + {second[2]} = {value}.",
+            ]
+            values += [first[2], second[2], value]
+            person_totals.append(value)
+            question_numbers += first[3] + second[3]
+        else:
+            clause, body, value, numbers = _part(rng, item, digits, rng.choice(("groups", "sum", "left")))
+            verb = "keeps" if "giving away" in clause else "has"
+            clauses.append(f"{name} {verb} {clause}.")
+            steps.append(f"{name}'s {item}: {body}.")
+            values.append(value)
+            person_totals.append(value)
+            question_numbers += numbers
+    total = sum(person_totals)
+    results = values + [total]
+    if len(set(results)) != len(results) or set(results) & set(question_numbers):
+        return None
+    steps.append(f"Total: {' + '.join(map(str, person_totals))} = {total}.")
+    steps.append(f"So the answer is \\boxed{{{total}}}.")
+    question = " ".join(clauses) + f" How many {item} do they have in total?"
+    return question, steps, total
+
+
+def synthesize(
+    n: int,
+    seed: int = 0,
+    *,
+    k: tuple[int, int] = (2, 4),
+    digits: tuple[int, int] = (1, 2),
+    nesting: float = 0.0,
+) -> list[dict]:
+    """`n` problems `{id, question, sequential, answer}`, the same for the same arguments.
+
+    `k`: range of independent sub-computations per problem; `digits`: range of operand widths;
+    `nesting`: probability that a sub-computation is itself two independent parts.
+
+    >>> synthesize(3, seed=1) == synthesize(3, seed=1)
+    True
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not 1 <= k[0] <= k[1] <= len(NAMES):
+        raise ValueError(f"k must satisfy 1 <= low <= high <= {len(NAMES)}, got {k}")
+    if not 1 <= digits[0] <= digits[1] <= 6:
+        raise ValueError(f"digits must satisfy 1 <= low <= high <= 6, got {digits}")
+    if not 0.0 <= nesting <= 1.0:
+        raise ValueError(f"nesting is a probability in [0, 1], got {nesting}")
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        for _ in range(1000):
+            problem = _problem(rng, rng.randint(*k), digits, nesting)
+            if problem is not None:
+                break
+        else:
+            raise RuntimeError(f"could not draw problem {i} without colliding numbers; widen `digits`")
+        question, steps, total = problem
+        rows.append({"id": f"synth-{seed}-{i:05d}", "question": question, "sequential": "\n".join(steps), "answer": str(total)})
+    return rows
+
+
+def write_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """Write rows as JSONL atomically (a temporary file renamed into place): never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        return int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LOW-HIGH, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="multiverse data", description="write built-in problems with sequential chains of thought")
+    sub = parser.add_subparsers(dest="command", required=True)
+    synth = sub.add_parser("synth", help="multi-part arithmetic word problems (k independent parts, then a total)")
+    synth.add_argument("--n", type=int, required=True, help="number of problems")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="output JSONL: {id, question, sequential, answer}")
+    synth.add_argument("--k", type=_range, default=(2, 4), help="independent parts per problem, N or LOW-HIGH (default 2-4)")
+    synth.add_argument("--digits", type=_range, default=(1, 2), help="operand widths, N or LOW-HIGH (default 1-2)")
+    synth.add_argument("--nesting", type=float, default=0.0, help="probability that a part has two sub-parts (default 0)")
+    args = parser.parse_args(argv)
+    rows = synthesize(args.n, args.seed, k=args.k, digits=args.digits, nesting=args.nesting)
+    write_jsonl(rows, args.out)
+    print(f"wrote {len(rows)} problems to {args.out}")
+    return 0

@@ -1,0 +1,61 @@
+"""The built-in task: deterministic by seed, arithmetic that checks out, knobs that hold, the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from curator.synth import main, synthesize
+
+EQUATION = re.compile(r"(\d+(?: [-+*] \d+)+) = (\d+)")
+
+
+def test_same_seed_same_problems_other_seed_other_problems():
+    assert synthesize(50, seed=11, nesting=0.5) == synthesize(50, seed=11, nesting=0.5)
+    assert synthesize(50, seed=11) != synthesize(50, seed=12)
+    assert len({r["id"] for r in synthesize(200, seed=3)}) == 200
+
+
+@pytest.mark.parametrize("nesting", [0.0, 1.0])
+def test_chains_compute_the_answer(nesting):
+    for row in synthesize(100, seed=5, nesting=nesting):
+        lines = row["sequential"].splitlines()
+        assert lines[-1] == f"So the answer is \\boxed{{{row['answer']}}}."
+        for line in lines[:-1]:
+            expression, result = EQUATION.search(line).groups()
+            assert eval(expression) == int(result), line  # every step is correct arithmetic
+        # every question number appears in the chain and vice versa no result is a question number
+        question_numbers = set(re.findall(r"\d+", row["question"]))
+        results = {EQUATION.search(line).group(2) for line in lines[:-1]}
+        assert not question_numbers & results
+        assert int(row["answer"]) > 0
+
+
+def test_knobs_hold():
+    for row in synthesize(60, seed=2, k=(3, 3), digits=(1, 1)):
+        lines = row["sequential"].splitlines()
+        assert len(lines) == 3 + 2  # three parts, the total, the answer
+        operands = [int(n) for line in lines[:-2] for n in EQUATION.search(line).group(1).split() if n.isdigit()]
+        assert max(operands) <= 9 + 9  # one-digit operands (a remainder's minuend is one larger)
+    nested = synthesize(40, seed=2, k=(2, 2), nesting=1.0)
+    assert all(len(r["sequential"].splitlines()) == 2 * 3 + 2 for r in nested)
+    with pytest.raises(ValueError, match="nesting is a probability"):
+        synthesize(1, nesting=2.0)
+    with pytest.raises(ValueError, match="k must satisfy"):
+        synthesize(1, k=(3, 2))
+
+
+def test_cli_writes_jsonl(tmp_path):
+    out = tmp_path / "synth.jsonl"
+    assert main(["synth", "--n", "25", "--seed", "4", "--k", "2-3", "--digits", "1-2", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == synthesize(25, seed=4, k=(2, 3), digits=(1, 2))
+    assert set(rows[0]) == {"id", "question", "sequential", "answer"}
+
+
+def test_problems_are_short():
+    # the demo trains a 135M model on CPU: question + chain stay within a couple of hundred tokens
+    for row in synthesize(200, seed=9):
+        assert len(row["question"]) + len(row["sequential"]) < 700
