@@ -79,51 +79,73 @@ def stack(structures: Sequence[TokenStructure], offsets: Sequence[int], length: 
 
 def dense_mask(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Additive mask `[B, 1, S, S]`: 0 where a query may attend, the dtype's minimum elsewhere."""
-    length = forbid_lo.shape[-1]
+    batch, depth, length = forbid_lo.shape
     q = torch.arange(length, device=forbid_lo.device)
     k = q
-    allowed = (k[None, :] <= q[:, None]).unsqueeze(0).expand(forbid_lo.shape[0], -1, -1).clone()
-    for d in range(forbid_lo.shape[1]):
-        lo = forbid_lo[:, d, :, None]
-        hi = forbid_hi[:, d, :, None]
-        allowed &= ~((k >= lo) & (k < hi))
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=forbid_lo.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    # built in place: one bool [B, S, S] for what is masked, one scratch, then the float mask
+    masked = (k[None, :] > q[:, None]).unsqueeze(0).repeat(batch, 1, 1)
+    scratch = torch.empty_like(masked)
+    for d in range(depth):
+        torch.ge(k, forbid_lo[:, d, :, None], out=scratch)
+        scratch.logical_and_(k < forbid_hi[:, d, :, None])
+        masked.logical_or_(scratch)
+    del scratch
+    mask = torch.zeros(masked.shape, dtype=dtype, device=forbid_lo.device)
+    mask.masked_fill_(masked, torch.finfo(dtype).min)
     return mask[:, None]
 
 
 def block_mask(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, block_size: int = 128, rows_per_chunk: int = 2048):
-    """A flex_attention `BlockMask` equal to `dense_mask`, built from the intervals without an S x S tensor."""
+    """A flex_attention `BlockMask` equal to `dense_mask`, built from the intervals without an S x S tensor.
+
+    Each (query block, kv block) pair is classified by counting, with difference arrays over kv
+    blocks, how many of the query block's rows find the kv block entirely masked (causally, or inside
+    one interval) and how many rows have an interval touching it: O(B*D*S) scatter-adds plus an
+    O(B*(S/block_size)^2) cumulative sum. Relies on the `TokenStructure` invariant that a row's
+    intervals of different depths do not overlap and end at or before the row's own token.
+    `rows_per_chunk` is accepted for compatibility and no longer used.
+    """
     if BlockMask is None:  # pragma: no cover
         raise RuntimeError("flex_attention needs torch >= 2.5")
     batch, depth, length = forbid_lo.shape
     device = forbid_lo.device
     n_blocks = (length + block_size - 1) // block_size
+    width = n_blocks + 1  # one spare column for the "-1" ends of difference ranges
+    q = torch.arange(length, device=device)
+    q_block = q // block_size
+    row_base = (torch.arange(batch, device=device)[:, None] * n_blocks + q_block) * width  # [B, S]
+    masked_rows = torch.zeros(batch * n_blocks * width, dtype=torch.int32, device=device)
+    touched_rows = torch.zeros_like(masked_rows)
+
+    def add_ranges(counts: torch.Tensor, first: torch.Tensor, stop: torch.Tensor) -> None:
+        """For every row with first < stop, count +1 on kv blocks first..stop-1 of its query block."""
+        keep = stop > first
+        base = row_base.expand_as(first)[keep]
+        ones = torch.ones(base.shape, dtype=torch.int32, device=device)
+        counts.index_add_(0, base + first[keep], ones)
+        counts.index_add_(0, base + stop[keep], -ones)
+
+    # keys after the query are masked: kv blocks whose first key is past the row
+    causal_first = (q_block + 1).expand(batch, length)
+    add_ranges(masked_rows, causal_first, torch.full_like(causal_first, n_blocks))
+    for d in range(depth):
+        lo, hi = forbid_lo[:, d], forbid_hi[:, d]
+        nonempty = hi > lo
+        # kv blocks overlapping [lo, hi)
+        add_ranges(touched_rows, torch.where(nonempty, lo // block_size, 0), torch.where(nonempty, (hi - 1) // block_size + 1, 0))
+        # kv blocks inside [lo, hi), not already counted as causally masked
+        inside_first = (lo + block_size - 1) // block_size
+        inside_stop = torch.where(hi >= length, n_blocks, hi // block_size)
+        inside_stop = torch.minimum(inside_stop, causal_first)
+        add_ranges(masked_rows, inside_first, torch.where(nonempty, inside_stop, inside_first))
+    masked_rows = masked_rows.view(batch, n_blocks, width).cumsum(-1, dtype=torch.int32)[..., :n_blocks]
+    touched_rows = touched_rows.view(batch, n_blocks, width).cumsum(-1, dtype=torch.int32)[..., :n_blocks]
     kv_start = torch.arange(n_blocks, device=device) * block_size
-    kv_end = torch.clamp(kv_start + block_size, max=length)
-    empty = torch.empty(batch, n_blocks, n_blocks, dtype=torch.bool, device=device)
-    full = torch.empty_like(empty)
-    rows_per_chunk = max(block_size, rows_per_chunk // block_size * block_size)
-    for r0 in range(0, length, rows_per_chunk):
-        r1 = min(r0 + rows_per_chunk, length)
-        q = torch.arange(r0, r1, device=device)[None, :, None]
-        lo = forbid_lo[:, :, r0:r1, None]  # [B, D, R, 1]
-        hi = forbid_hi[:, :, r0:r1, None]
-        touches = ((kv_start < hi) & (kv_end > lo)).any(1)  # [B, R, NB]
-        inside = ((kv_start >= lo) & (kv_end <= hi)).any(1)
-        row_empty = (kv_start > q) | inside
-        row_full = (kv_end - 1 <= q) & ~touches
-        # reduce rows to query blocks; missing rows of the last block count as both empty and full
-        rows = r1 - r0
-        padded = (rows + block_size - 1) // block_size * block_size
-        if padded != rows:
-            pad = torch.ones(batch, padded - rows, n_blocks, dtype=torch.bool, device=device)
-            row_empty = torch.cat([row_empty, pad], 1)
-            row_full = torch.cat([row_full, pad], 1)
-        qb0 = r0 // block_size
-        qb1 = qb0 + padded // block_size
-        empty[:, qb0:qb1] = row_empty.view(batch, -1, block_size, n_blocks).all(2)
-        full[:, qb0:qb1] = row_full.view(batch, -1, block_size, n_blocks).all(2)
+    kv_last = torch.clamp(kv_start + block_size, max=length) - 1
+    q_first = kv_start  # query blocks and kv blocks share the grid
+    rows_in_block = (torch.clamp(q_first + block_size, max=length) - q_first)[:, None]  # [NQB, 1]
+    empty = masked_rows == rows_in_block
+    full = (kv_last[None, :] <= q_first[:, None]) & (touched_rows == 0)
     partial = ~empty & ~full
     lo_all, hi_all = forbid_lo, forbid_hi
 
