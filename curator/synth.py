@@ -33,29 +33,71 @@ def _operand(rng: random.Random, digits: tuple[int, int]) -> int:
     return rng.randint(2 if width == 1 else 10 ** (width - 1), 10**width - 1)
 
 
-def _part(rng: random.Random, item: str, digits: tuple[int, int], kind: str) -> tuple[str, str, int, list[int]]:
-    """One independent computation: (question clause, chain step body, value, question numbers)."""
+def _computation(kind: str, a: int, b: int, worked: bool) -> tuple[str, list[int]]:
+    """`a op b = value`, or with `worked` written out digit by digit; and the intermediate numbers.
+
+    Worked steps help a small model get the arithmetic right and give each parallel path real work.
+    """
+    bt, bo = b // 10 * 10, b % 10
+    if not worked:
+        pass
+    elif kind == "groups" and bt and bo:
+        return f"{a} * {b} = {a} * {bt} + {a} * {bo} = {a * bt} + {a * bo} = {a * b}", [bt, bo, a * bt, a * bo]
+    elif kind == "sum" and a >= 10 and bt and bo:
+        at, ao = a // 10 * 10, a % 10
+        return f"{a} + {b} = {at} + {bt} + {ao} + {bo} = {at + bt} + {ao + bo} = {a + b}", [at, bt, ao, bo, at + bt, ao + bo]
+    elif kind == "left" and bt and bo:
+        return f"{a} - {b} = {a} - {bt} - {bo} = {a - bt} - {bo} = {a - b}", [bt, bo, a - bt]
+    symbol = {"groups": "*", "sum": "+", "left": "-"}[kind]
+    value = {"groups": a * b, "sum": a + b, "left": a - b}[kind]
+    return f"{a} {symbol} {b} = {value}", []
+
+
+def _part(
+    rng: random.Random, item: str, digits: tuple[int, int], kind: str, worked: bool = False
+) -> tuple[str, str, int, list[int], list[int]]:
+    """One independent computation: (question clause, chain step body, value, question numbers, intermediates)."""
     if kind == "groups":
         a, b = rng.randint(2, 9), _operand(rng, digits)
-        return f"{a} {rng.choice(CONTAINERS)} with {b} {item} each", f"{a} * {b} = {a * b}", a * b, [a, b]
-    if kind == "sum":
+        clause = f"{a} {rng.choice(CONTAINERS)} with {b} {item} each"
+    elif kind == "sum":
         a, b = _operand(rng, digits), _operand(rng, digits)
-        return f"{a} {item} in one pile and {b} in another", f"{a} + {b} = {a + b}", a + b, [a, b]
-    a, b = sorted((_operand(rng, digits), _operand(rng, digits)), reverse=True)
-    a += 1  # strictly positive remainder
-    return f"{a} {item} after giving away {b}", f"{a} - {b} = {a - b}", a - b, [a, b]
+        clause = f"{a} {item} in one pile and {b} in another"
+    else:
+        a, b = sorted((_operand(rng, digits), _operand(rng, digits)), reverse=True)
+        a += 1  # strictly positive remainder
+        clause = f"{a} {item} after giving away {b}"
+    body, intermediates = _computation(kind, a, b, worked)
+    value = int(body.rsplit(" = ", 1)[1])
+    return clause, body, value, [a, b], intermediates
 
 
-def _problem(rng: random.Random, k: int, digits: tuple[int, int], nesting: float) -> tuple[str, list[str], int] | None:
+def _running_total(values: list[int], worked: bool) -> tuple[str, list[int]]:
+    """`v1 + v2 + v3 = total`, or with `worked` one addition at a time; and the partial sums."""
+    total = sum(values)
+    if not worked or len(values) < 3:
+        return f"{' + '.join(map(str, values))} = {total}", []
+    terms, partials, running = list(values), [], values[0]
+    chain = [" + ".join(map(str, terms))]
+    for i in range(1, len(values) - 1):
+        running += values[i]
+        partials.append(running)
+        chain.append(" + ".join(map(str, [running] + values[i + 1 :])))
+    return " = ".join(chain + [str(total)]), partials
+
+
+def _problem(
+    rng: random.Random, k: int, digits: tuple[int, int], nesting: float, worked: bool = False
+) -> tuple[str, list[str], int] | None:
     """One attempt at a problem; None when two numbers collide (the caller draws again)."""
     item = rng.choice(ITEMS)
     names = rng.sample(NAMES, k)
-    clauses, steps, values, person_totals, question_numbers = [], [], [], [], []
+    clauses, steps, values, person_totals, question_numbers, intermediates = [], [], [], [], [], []
     for name in names:
         if rng.random() < nesting:
             # a nested person: two independent parts, then their sum
-            first = _part(rng, item, digits, "groups")
-            second = _part(rng, item, digits, rng.choice(("groups", "sum")))
+            first = _part(rng, item, digits, "groups", worked)
+            second = _part(rng, item, digits, rng.choice(("groups", "sum")), worked)
             value = first[2] + second[2]
             clauses.append(f"{name} has {first[0]} and also {second[0]}.")
             steps += [
@@ -66,19 +108,27 @@ def _problem(rng: random.Random, k: int, digits: tuple[int, int], nesting: float
             values += [first[2], second[2], value]
             person_totals.append(value)
             question_numbers += first[3] + second[3]
+            intermediates += first[4] + second[4]
         else:
-            clause, body, value, numbers = _part(rng, item, digits, rng.choice(("groups", "sum", "left")))
+            clause, body, value, numbers, work = _part(rng, item, digits, rng.choice(("groups", "sum", "left")), worked)
             verb = "keeps" if "giving away" in clause else "has"
             clauses.append(f"{name} {verb} {clause}.")
-            steps.append(f"{name}'s {item}: {body}.")
+            if worked:  # restate the part, so the step reads on its own (a self-contained path)
+                steps.append(f"{name}'s {item}: {name} {verb} {clause}. {body}. {name} has {value} {item}.")
+            else:
+                steps.append(f"{name}'s {item}: {body}.")
             values.append(value)
             person_totals.append(value)
             question_numbers += numbers
-    total = sum(person_totals)
-    results = values + [total]
-    if len(set(results)) != len(results) or set(results) & set(question_numbers):
+            intermediates += work
+    total_text, partials = _running_total(person_totals, worked)
+    results = values + partials + [sum(person_totals)]
+    # A result must be unambiguous: not a number of the question, not another result, and not a
+    # number some step mentions on the way (the structurer would read that as a dependency).
+    if len(set(results)) != len(results) or set(results) & (set(question_numbers) | set(intermediates)):
         return None
-    steps.append(f"Total: {' + '.join(map(str, person_totals))} = {total}.")
+    total = sum(person_totals)
+    steps.append(f"Total: {total_text}.")
     steps.append(f"So the answer is \\boxed{{{total}}}.")
     question = " ".join(clauses) + f" How many {item} do they have in total?"
     return question, steps, total
@@ -91,11 +141,13 @@ def synthesize(
     k: tuple[int, int] = (2, 4),
     digits: tuple[int, int] = (1, 2),
     nesting: float = 0.0,
+    worked: bool = False,
 ) -> list[dict]:
     """`n` problems `{id, question, sequential, answer}`, the same for the same arguments.
 
     `k`: range of independent sub-computations per problem; `digits`: range of operand widths;
-    `nesting`: probability that a sub-computation is itself two independent parts.
+    `nesting`: probability that a sub-computation is itself two independent parts; `worked`: write
+    each computation out digit by digit (longer, easier steps; the demo's setting).
 
     >>> synthesize(3, seed=1) == synthesize(3, seed=1)
     True
@@ -112,7 +164,7 @@ def synthesize(
     rows = []
     for i in range(n):
         for _ in range(1000):
-            problem = _problem(rng, rng.randint(*k), digits, nesting)
+            problem = _problem(rng, rng.randint(*k), digits, nesting, worked)
             if problem is not None:
                 break
         else:
@@ -151,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--k", type=_range, default=(2, 4), help="independent parts per problem, N or LOW-HIGH (default 2-4)")
     synth.add_argument("--digits", type=_range, default=(1, 2), help="operand widths, N or LOW-HIGH (default 1-2)")
     synth.add_argument("--nesting", type=float, default=0.0, help="probability that a part has two sub-parts (default 0)")
+    synth.add_argument("--worked", action="store_true", help="write each computation out digit by digit")
     args = parser.parse_args(argv)
-    rows = synthesize(args.n, args.seed, k=args.k, digits=args.digits, nesting=args.nesting)
+    rows = synthesize(args.n, args.seed, k=args.k, digits=args.digits, nesting=args.nesting, worked=args.worked)
     write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} problems to {args.out}")
     return 0

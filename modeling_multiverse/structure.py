@@ -379,6 +379,8 @@ class StructureParser:
     def _think(self, index: int, top: _Frame) -> None:
         if len(self.stack) != 1:
             self._fail(index, THINK, self._expected(top))
+        if self.require_think and index > 0:
+            self._check_whitespace(0, index, "before <Think>")
         if self.think_open is not None:
             self._fail(index, THINK, f"a single <Think> (one was opened at {self.unit} {self.think_open})")
         self.think_open = index
@@ -396,6 +398,8 @@ class StructureParser:
     def _parallel(self, index: int, top: _Frame) -> None:
         if not self._in_body(top):
             self._fail(index, PARALLEL, self._expected(top))
+        if self.require_think and self.think_close is not None:
+            self._fail(index, PARALLEL, "text: the answer after </Think> holds no parallel block")
         if top.kind == PATH and not top.label_checked:
             top.node.label = self._label(top.node.open, index, "<Path>")
             top.label_checked = True

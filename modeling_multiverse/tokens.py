@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import AddedToken
 
-from .structure import TAGS, MissingTagsError, tag_ids_from_tokenizer
+from .structure import TAGS, tag_ids_from_tokenizer
 
 
 def _name_piece_ids(tokenizer, tag: str) -> list[int]:
@@ -32,19 +32,17 @@ def add_multiverse_tokens(model, tokenizer) -> dict[str, int]:
     """Add the tags as special tokens and initialise their embeddings; returns `{tag: id}`.
 
     New rows of the input (and, if untied, output) embeddings start as the mean of the embeddings
-    of the word pieces of the tag's name. A tokenizer that already has all the tags (for instance
-    the published Multiverse-32B) is left as it is and no embedding is touched. The ids are stored
+    of the word pieces of the tag's name. Tags the tokenizer already has (all twelve, for instance, in
+    the published Multiverse-32B) keep their ids and embeddings. The ids are stored
     in `model.config.tag_token_ids` when the model has that field.
     """
-    try:
-        tag_ids = tag_ids_from_tokenizer(tokenizer)
-    except MissingTagsError:
-        tag_ids = None
-    if tag_ids is None:
-        pieces = {tag: _name_piece_ids(tokenizer, tag) for tag in TAGS}
-        tag_ids = add_tag_tokens(tokenizer)
-        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    new_tags = [tag for tag in TAGS if tag not in tokenizer.get_vocab()]
+    # pieces are read before the tags exist, so "/Path" is not split around a new `</Path>` token
+    pieces = {tag: _name_piece_ids(tokenizer, tag) for tag in new_tags}
+    tag_ids = add_tag_tokens(tokenizer)
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if new_tags:
         with torch.no_grad():
             tables = [model.get_input_embeddings().weight]
             output = model.get_output_embeddings()
@@ -53,8 +51,6 @@ def add_multiverse_tokens(model, tokenizer) -> dict[str, int]:
             for table in tables:
                 for tag, ids in pieces.items():
                     table[tag_ids[tag]] = table[ids].mean(0)
-    elif model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if hasattr(model.config, "tag_token_ids"):
         model.config.tag_token_ids = dict(tag_ids)
     return dict(tag_ids)

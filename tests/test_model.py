@@ -297,6 +297,22 @@ def test_a_tokenizer_that_has_the_tags_is_left_untouched():
     assert torch.equal(model.get_output_embeddings().weight, outputs)
 
 
+def test_tags_already_present_keep_their_rows_while_the_missing_ones_are_added():
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<Think>", "</Think>"]}, replace_extra_special_tokens=False)
+    model, _ = tiny_model("llama", tokenizer=tiny_tokenizer())
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.tag_token_ids = None
+    think = tokenizer.convert_tokens_to_ids("<Think>")
+    with torch.no_grad():
+        model.get_input_embeddings().weight[think] = 7.0  # as if trained
+    path_pieces = tokenizer("Path", add_special_tokens=False)["input_ids"]
+    tag_ids = add_multiverse_tokens(model, tokenizer)
+    weight = model.get_input_embeddings().weight
+    assert tag_ids["<Think>"] == think and torch.all(weight[think] == 7.0)
+    torch.testing.assert_close(weight[tag_ids["<Path>"]], weight[path_pieces].mean(0))
+
+
 @pytest.mark.parametrize("present", [0, 5])
 def test_a_tokenizer_lacking_tags_is_refused_with_the_missing_tags_named(present):
     tokenizer = tiny_tokenizer()

@@ -239,6 +239,16 @@ def test_a_response_without_think_is_rejected_only_when_think_is_required():
         parse_text("<Think>\nplan", require_think=True)
 
 
+def test_a_required_think_admits_no_text_before_it_and_no_block_after_it():
+    block = f"{GOAL_2}{PATH_1}{PATH_2}{CLOSE}"
+    assert parse_text(f"\n<Think>\n{block}\n</Think>\nanswer", require_think=True).complete
+    with pytest.raises(StructureError, match="char 0: found text 'preamble' before <Think>"):
+        parse_text(f"preamble<Think>\n{block}\n</Think>", require_think=True)
+    with pytest.raises(StructureError, match="found <Parallel>, expected text: the answer after </Think>"):
+        parse_text(f"<Think>\nplan\n</Think>\n{block}", require_think=True)
+    assert parse_text(f"<Think>\nplan\n</Think>\n{block}").complete  # only a response is held to this
+
+
 @given(st.sampled_from(sorted(MALFORMED)), st.data())
 @settings(max_examples=20, deadline=None)
 def test_partial_mode_still_rejects_malformations_that_no_continuation_can_fix(name, data):
