@@ -22,6 +22,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .attention import multiverse_attention_inputs
 from .configuration_multiverse import MultiverseConfig
+from .generation import multiverse_generate, write_custom_generate
+from .kernel_attention import MULTIVERSE_KERNEL_ATTENTION, interval_inputs
 from .structure import TAGS
 
 
@@ -67,7 +69,7 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
         """Structure is derived from the ids only for a fresh sequence whose mask is absent or 2D."""
         if not self.config.multiverse_attention or not self.config.tag_token_ids or input_ids is None:
             return False
-        if attention_mask is not None and attention_mask.dim() != 2:
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
             return False
         if cache is not None and cache.get_seq_length() > 0:
             return False
@@ -88,13 +90,20 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
         if cache is None and "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
         if self._applies_multiverse_attention(input_ids, attention_mask, cache):
-            attention_mask, structure_positions = multiverse_attention_inputs(
-                input_ids,
-                self.config.tag_token_ids,
-                attention_mask,
-                implementation=self.config._attn_implementation,
-                dtype=self.dtype,
-            )
+            if self.config._attn_implementation == MULTIVERSE_KERNEL_ATTENTION:  # opted in: kernel_attention.py
+                # The kernel reads the O(S) intervals (padding folded in): no S x S mask is built.
+                kwargs["multiverse_intervals"], structure_positions = interval_inputs(
+                    input_ids, self.config.tag_token_ids, attention_mask
+                )
+                attention_mask = None
+            else:
+                attention_mask, structure_positions = multiverse_attention_inputs(
+                    input_ids,
+                    self.config.tag_token_ids,
+                    attention_mask,
+                    implementation=self.config._attn_implementation,
+                    dtype=self.dtype,
+                )
             if position_ids is None:
                 position_ids = structure_positions
         outputs = self.model(
@@ -122,6 +131,24 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def generate(self, *args, multiverse: bool = True, **kwargs):
+        """Fork/merge decoding (SPEC 6, `generation.multiverse_generate`); `multiverse=False` decodes plainly.
+
+        Engine options (`max_depth`, `max_branches`, `max_branch_tokens`) are keyword arguments or
+        `generation_config` attributes. Pass `tokenizer=` unless the model was loaded from a folder with one.
+
+        >>> out = model.generate(input_ids, tokenizer=tok, max_new_tokens=128, return_dict_in_generate=True)  # doctest: +SKIP
+        """
+        if not multiverse or kwargs.get("custom_generate") is not None:
+            return super().generate(*args, **kwargs)
+        return multiverse_generate(self, *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as usual, plus the engine as `custom_generate/` (transformers does not copy that folder)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        write_custom_generate(save_directory)
+        return result
 
 
 MultiverseConfig.register_for_auto_class()

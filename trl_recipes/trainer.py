@@ -1,0 +1,61 @@
+"""MultiverseSFTTrainer: TRL's SFTTrainer on prepared rows, with Multiverse Attention built on the device.
+
+TRL's fused LM head calls the backbone directly, bypassing `MultiverseForCausalLM.forward` (which would derive
+the mask from the ids), so the mask is built at the backbone from the collated intervals and passed explicitly:
+an additive `[B, 1, S, S]` mask for sdpa/eager (the reference), a flex `BlockMask` for `flex_attention`
+(O(S) memory beyond its block table).
+
+Example:
+    >>> trainer = MultiverseSFTTrainer(model=model, args=config, train_dataset=prepared, processing_class=tokenizer)  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+from trl import SFTTrainer
+
+from modeling_multiverse import block_mask, dense_mask
+
+from .collator import MultiverseDataCollator
+
+
+def attention_mask_for(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, implementation: str, dtype: torch.dtype):
+    """The mask a backbone with `implementation` takes for these intervals: a `BlockMask` for flex, else additive."""
+    if implementation == "flex_attention":
+        return block_mask(forbid_lo, forbid_hi)
+    return dense_mask(forbid_lo, forbid_hi, dtype)
+
+
+class MultiverseSFTTrainer(SFTTrainer):
+    """`SFTTrainer` for datasets from `prepare_dataset`: TRL's own preparation is skipped, the collator is
+    `MultiverseDataCollator`, and each batch's sibling intervals become the attention mask."""
+
+    def __init__(self, *args, data_collator=None, processing_class=None, **kwargs):
+        config = kwargs["args"]
+        # the structure columns are not forward() arguments: keep them for the collator
+        config.remove_unused_columns = False
+        config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        # rows arrive packed by `prepare_dataset`; TRL's packing implies padding-free rows, which lose the structure
+        config.packing = False
+        if data_collator is None:
+            pad_to = config.pad_to_multiple_of if isinstance(config.pad_to_multiple_of, int) else None
+            data_collator = MultiverseDataCollator(processing_class.pad_token_id, pad_to)
+        super().__init__(*args, data_collator=data_collator, processing_class=processing_class, **kwargs)
+
+        backbone = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        backbone.base_model.register_forward_pre_hook(_apply_multiverse_attention, with_kwargs=True)
+
+
+def _apply_multiverse_attention(backbone, args, kwargs):
+    """Forward pre-hook on the backbone: replace the 2D padding mask by the mask of the batch's intervals.
+
+    A hook rather than a `compute_loss` override because the intervals travel with the batch through every
+    wrapper (DDP, PEFT, TRL's fused head) down to here, while the 2D mask stays in the batch for TRL's token
+    count, which calls `attention_mask.sum()` (meaningless on a 4D mask, impossible on a `BlockMask`).
+    """
+    if "forbid_lo" not in kwargs:
+        return None
+    lo, hi = kwargs.pop("forbid_lo"), kwargs.pop("forbid_hi")
+    kwargs["attention_mask"] = attention_mask_for(lo, hi, backbone.config._attn_implementation, backbone.dtype)
+    return args, kwargs
