@@ -59,3 +59,22 @@ def test_problems_are_short():
     # the demo trains a 135M model on CPU: question + chain stay within a couple of hundred tokens
     for row in synthesize(200, seed=9):
         assert len(row["question"]) + len(row["sequential"]) < 700
+
+
+def test_worked_chains_show_every_equality_and_stay_parallelisable():
+    from curator.pipeline import curate_record, make_structurer
+    from modeling_multiverse import parse_text
+
+    structurer = make_structurer("rules")
+    for row in synthesize(60, seed=4, k=(3, 4), digits=(2, 2), worked=True):
+        lines = row["sequential"].splitlines()
+        for line in lines[:-1]:
+            chain = line.split(": ", 1)[1].rstrip(".")
+            if "." in chain:  # a restated part: "Tom has ... . 2 * 43 = ... = 86. Tom has 86 coins"
+                chain = chain.split(". ")[1]
+            sides = [eval(side) for side in chain.split(" = ")]
+            assert len(set(sides)) == 1, line  # every side of every chain has the same value
+        curated = curate_record(row, structurer)
+        assert curated["status"] == "converted", curated["reason"]
+        (block,) = parse_text(curated["multiverse"], require_think=True).blocks
+        assert len(block.paths) == len(lines) - 2  # one path per part; the total is the conclusion
