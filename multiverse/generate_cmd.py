@@ -1,0 +1,99 @@
+"""`multiverse generate --model DIR --prompt TEXT`: answer one prompt with fork/merge decoding.
+
+The prompt goes through the model's chat template as a user turn that ends with the "in parallel"
+instruction (SPEC 2). Prints the response and the engine's statistics (SPEC 8), or one JSON object.
+
+Example:
+    $ multiverse generate --model out/smollm2-multiverse --prompt "What is 12 * 13?" --max-new-tokens 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def build_prompt(tokenizer, prompt: str, instruction: str) -> str:
+    """The chat-formatted prompt text: the question, then the parallel-thinking instruction."""
+    content = f"{prompt.strip()}\n{instruction}" if instruction else prompt.strip()
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="multiverse generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a Multiverse model folder (from `multiverse convert` or training)")
+    parser.add_argument("--prompt", required=True, help="the question")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="budget over all branches (default 512)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    parser.add_argument("--max-branches", type=int, default=None, help="most paths per block")
+    parser.add_argument("--max-depth", type=int, default=None, help="deepest block decoded in parallel")
+    parser.add_argument("--no-instruction", action="store_true", help="do not append the 'in parallel' instruction")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        parser.error(f"--temperature must be >= 0, got {args.temperature}")
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from modeling_multiverse import PARALLEL_INSTRUCTION, MultiverseForCausalLM
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = MultiverseForCausalLM.from_pretrained(args.model)
+    except (OSError, ValueError) as err:
+        print(f"multiverse generate: cannot load --model {args.model}: {err}", file=sys.stderr)
+        return 2
+    model.eval()
+    text = build_prompt(tokenizer, args.prompt, "" if args.no_instruction else PARALLEL_INSTRUCTION)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
+    if args.top_p is not None:
+        sampling["top_p"] = args.top_p
+    options = {k: v for k, v in (("max_branches", args.max_branches), ("max_depth", args.max_depth)) if v is not None}
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    out = model.generate(
+        **inputs,
+        tokenizer=tokenizer,
+        max_new_tokens=args.max_new_tokens,
+        return_dict_in_generate=True,
+        **sampling,
+        **options,
+    )
+    seconds = time.perf_counter() - start
+    response_ids = out.sequences[0, inputs["input_ids"].shape[1] :]
+    response = tokenizer.decode(response_ids, skip_special_tokens=False)
+    eos = tokenizer.eos_token or ""
+    if eos and response.endswith(eos):
+        response = response[: -len(eos)]
+    stats = {
+        "generated_tokens": out.generated_tokens[0],
+        "closing_tokens": out.closing_tokens[0],
+        "decode_steps": out.decode_steps[0],
+        "parallelism": round(out.parallelism[0], 3),
+        "blocks": out.blocks[0],
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(out.generated_tokens[0] / seconds, 2) if seconds else None,
+    }
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "response": response, **stats}))
+    else:
+        print(response)
+        print(
+            f"\n[{stats['generated_tokens']} tokens in {stats['decode_steps']} decode steps, "
+            f"parallelism {stats['parallelism']}, {len(stats['blocks'])} block(s), "
+            f"{stats['seconds']} s, {stats['tokens_per_second']} tok/s]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
