@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from modeling_multiverse import (
     PARALLEL_INSTRUCTION,
@@ -235,7 +236,7 @@ def evaluate(
     results: list[dict[str, Any]] = []
     start = time.perf_counter()
     try:
-        for first in range(0, len(records), batch_size):
+        for first in tqdm(range(0, len(records), batch_size), desc="eval", unit="batch"):
             batch = records[first : first + batch_size]
             encoded = tokenizer(
                 _prompt_texts(tokenizer, batch, parallel_prompt),
