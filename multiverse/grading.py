@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from modeling_multiverse.structure import TAGS, THINK_END
+
 KINDS: tuple[str, ...] = ("math", "aime", "builtin", "choice")
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
@@ -53,7 +55,7 @@ def last_boxed(text: str) -> str | None:
 
 def final_text(response: str) -> str:
     """The part of a response after `</Think>` when it has one (where the final answer lives), else all of it."""
-    head, sep, tail = response.rpartition("</Think>")
+    head, sep, tail = response.rpartition(TAGS[THINK_END])
     return tail if sep and tail.strip() else response
 
 
