@@ -95,7 +95,7 @@ def dense_mask(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, dtype: torch.dt
     return mask[:, None]
 
 
-def block_mask(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, block_size: int = 128, rows_per_chunk: int = 2048):
+def block_mask(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, block_size: int = 128):
     """A flex_attention `BlockMask` equal to `dense_mask`, built from the intervals without an S x S tensor.
 
     Each (query block, kv block) pair is classified by counting, with difference arrays over kv
@@ -103,7 +103,6 @@ def block_mask(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, block_size: int
     one interval) and how many rows have an interval touching it: O(B*D*S) scatter-adds plus an
     O(B*(S/block_size)^2) cumulative sum. Relies on the `TokenStructure` invariant that a row's
     intervals of different depths do not overlap and end at or before the row's own token.
-    `rows_per_chunk` is accepted for compatibility and no longer used.
     """
     if BlockMask is None:  # pragma: no cover
         raise RuntimeError("flex_attention needs torch >= 2.5")
