@@ -1,10 +1,15 @@
 """`multiverse data synth`: a built-in task with natural parallelism, written as sequential chains of thought.
 
 Each problem is a short word problem made of `k` independent sub-computations (one per person) and a
-combining step (the total). With `nesting`, a person's count is itself two independent parts and a
-sum, which gives a nested parallel block once curated. Every intermediate result is distinct from
-every number in the question and from every other result, so which step uses which result is never
-ambiguous (the rules structurer relies on that).
+combining step. Two tasks:
+- `total`: each person's count is one computation (groups, piles, a remainder) and the answer is
+  their total. With `nesting`, a person's count is itself two independent parts and a sum, which
+  gives a nested parallel block once curated.
+- `most` (the demo's): each person has a few bags of 1 to 9 items and adds them up one bag at a
+  time; the answer is the largest count. Long independent paths of easy steps and a short combining
+  step: what a 135M model can learn on a CPU, with a lot to do in parallel.
+No person computes a number that another person computes or that the question gives, so which step
+uses which result is never ambiguous (the rules structurer relies on that).
 
 Example:
     >>> rows = synthesize(2, seed=0)
@@ -70,6 +75,49 @@ def _part(
     body, intermediates = _computation(kind, a, b, worked)
     value = int(body.rsplit(" = ", 1)[1])
     return clause, body, value, [a, b], intermediates
+
+
+def _bags_part(rng: random.Random, item: str, bags: tuple[int, int]) -> tuple[str, str, list[int], list[int]]:
+    """A person's bags of one-digit counts, added one bag at a time: (clause, chain step body, running totals, counts).
+
+    Every step adds one digit to a running total, the kind of arithmetic a small model gets right.
+    """
+    counts = [rng.randint(1, 9) for _ in range(rng.randint(*bags))]
+    clause = f"{len(counts)} bags with {', '.join(map(str, counts[:-1]))} and {counts[-1]} {item}"
+    running, additions, totals = counts[0], [], []
+    for count in counts[1:]:
+        additions.append(f"{running} + {count} = {running + count}")
+        running += count
+        totals.append(running)
+    return clause, ". ".join(additions), totals, counts
+
+
+def _most_problem(rng: random.Random, k: int, bags: tuple[int, int]) -> tuple[str, list[str], int] | None:
+    """k people's bags; the question asks how many the one with the most has. None on a collision."""
+    item = rng.choice(ITEMS)
+    clauses, steps, values, numbers = [], [], [], []
+    names = rng.sample(NAMES, k)
+    for name in names:
+        clause, body, totals, counts = _bags_part(rng, item, bags)
+        clauses.append(f"{name} has {clause}.")
+        # the path restates its part word for word and ends on a phrase used nowhere else, which the
+        # comparison repeats: each result is copied by name, not by where its path happens to be
+        steps.append(f"{name}: {name} has {clause}. {body}. {name}'s total is {totals[-1]}.")
+        values.append(totals[-1])
+        numbers.append((set(counts) | {len(counts)}, set(totals)))
+    # No person may compute a number another person computes (the structurer would read a dependency
+    # between them), and each person's count must be a computed number, so that the comparison step
+    # is linked to every path. Numbers of the question are never results, so they may repeat.
+    given = set().union(*(counts for counts, _ in numbers))
+    computed = [totals - given for _, totals in numbers]
+    if sum(map(len, computed)) != len(set().union(*computed)) or given & set(values):
+        return None
+    most = max(values)
+    totals = [f"{name}'s total is {value}" for name, value in zip(names, values)]
+    steps.append(f"{', '.join(totals[:-1])} and {totals[-1]}, so the most is {most}.")
+    steps.append(f"So the answer is \\boxed{{{most}}}.")
+    question = " ".join(clauses) + f" How many {item} does the one with the most {item} have?"
+    return question, steps, most
 
 
 def _running_total(values: list[int], worked: bool) -> tuple[str, list[int]]:
@@ -142,12 +190,17 @@ def synthesize(
     digits: tuple[int, int] = (1, 2),
     nesting: float = 0.0,
     worked: bool = False,
+    task: str = "total",
+    bags: tuple[int, int] = (3, 5),
 ) -> list[dict]:
     """`n` problems `{id, question, sequential, answer}`, the same for the same arguments.
 
-    `k`: range of independent sub-computations per problem; `digits`: range of operand widths;
-    `nesting`: probability that a sub-computation is itself two independent parts; `worked`: write
-    each computation out digit by digit (longer, easier steps; the demo's setting).
+    `task="total"`: k people's counts, each one computation, and their total. `k`: range of independent
+    sub-computations per problem; `digits`: range of operand widths; `nesting`: probability that a
+    sub-computation is itself two independent parts; `worked`: write each computation out digit by digit.
+
+    `task="most"` (the demo's): k people with `bags` bags each of 1 to 9 items; each person's count is
+    added up one bag at a time and the answer is the largest count (`digits`, `nesting`, `worked` unused).
 
     >>> synthesize(3, seed=1) == synthesize(3, seed=1)
     True
@@ -160,11 +213,18 @@ def synthesize(
         raise ValueError(f"digits must satisfy 1 <= low <= high <= 6, got {digits}")
     if not 0.0 <= nesting <= 1.0:
         raise ValueError(f"nesting is a probability in [0, 1], got {nesting}")
+    if task not in ("total", "most"):
+        raise ValueError(f"task must be 'total' or 'most', got {task!r}")
+    if not 2 <= bags[0] <= bags[1]:
+        raise ValueError(f"bags must satisfy 2 <= low <= high, got {bags}")
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         for _ in range(1000):
-            problem = _problem(rng, rng.randint(*k), digits, nesting, worked)
+            if task == "most":
+                problem = _most_problem(rng, rng.randint(*k), bags)
+            else:
+                problem = _problem(rng, rng.randint(*k), digits, nesting, worked)
             if problem is not None:
                 break
         else:
@@ -204,8 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--digits", type=_range, default=(1, 2), help="operand widths, N or LOW-HIGH (default 1-2)")
     synth.add_argument("--nesting", type=float, default=0.0, help="probability that a part has two sub-parts (default 0)")
     synth.add_argument("--worked", action="store_true", help="write each computation out digit by digit")
+    synth.add_argument(
+        "--task", choices=("total", "most"), default="total",
+        help="total: the sum of the parts (default); most: the largest of k people's bag counts (the demo's)",
+    )
+    synth.add_argument("--bags", type=_range, default=(3, 5), help="task most: bags per person, N or LOW-HIGH (default 3-5)")
     args = parser.parse_args(argv)
-    rows = synthesize(args.n, args.seed, k=args.k, digits=args.digits, nesting=args.nesting, worked=args.worked)
+    rows = synthesize(
+        args.n, args.seed, k=args.k, digits=args.digits, nesting=args.nesting, worked=args.worked, task=args.task, bags=args.bags
+    )
     write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} problems to {args.out}")
     return 0

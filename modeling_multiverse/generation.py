@@ -32,7 +32,8 @@ Guards and misbehaviour (never a crash, never lost text):
 Prompts are attended causally with positions 0..P-1; a prompt that ends inside a `<Parallel>` block
 is refused with a clear error. In a batch every row of the cache grows by the widest row's step, so
 rows with fewer live branches carry padding slots (a single prompt carries none: its KV is exactly
-the canonical output's, minus the last unfed tokens).
+the canonical output's, minus the last unfed tokens). A prompt that has finished leaves the batch
+(its cache row is dropped), so a long answer does not make every other row decode padding.
 
 Example:
     >>> out = model.generate(input_ids, tokenizer=tokenizer, max_new_tokens=256,
@@ -47,12 +48,22 @@ remote code and as `custom_generate/generate.py` (see `write_custom_generate`).
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, DynamicCache, GenerationMixin, LogitsProcessorList, StoppingCriteriaList
+from transformers import (
+    AttentionInterface,
+    AutoTokenizer,
+    DynamicCache,
+    GenerationMixin,
+    LogitsProcessorList,
+    StoppingCriteriaList,
+)
 from transformers.generation.stopping_criteria import StopStringCriteria
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import ModelOutput
 
 from .structure import (
@@ -482,6 +493,7 @@ class MultiverseEngine:
         self.max_new_tokens = max_new_tokens
         self.cache = DynamicCache(config=self.model.config)
         self.cache_length = 0
+        rows = list(seqs)  # the prompts in the cache, one row each, in cache order
         while True:
             todo = []
             for seq in seqs:
@@ -502,9 +514,58 @@ class MultiverseEngine:
             for seq in seqs:
                 if not seq.done and (seq.finalizing or seq.generated >= max_new_tokens):
                     self._finalize(seq)
-            if not self._forward(seqs):
+            if any(seq.done for seq in rows) and self.cache_length:
+                # a finished prompt leaves the batch: later steps compute only the rows still decoding
+                keep = [row for row, seq in enumerate(rows) if not seq.done]
+                self.cache.batch_select_indices(torch.tensor(keep, dtype=torch.long, device=self.model.device))
+                rows = [rows[row] for row in keep]
+            if not rows or not self._forward(rows):
                 break
         return seqs
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention for decoding steps
+
+ENGINE_SDPA = "multiverse_engine_sdpa"
+"""The attention implementation the engine switches an `sdpa` model to while it decodes."""
+
+
+def grouped_query_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """sdpa for an engine step: several queries per row under one mask shared by all heads.
+
+    transformers' sdpa copies K and V once per query head (`repeat_kv`) whenever a step has more
+    than one query and a mask, which on CPU costs as much as the attention itself. Here the queries
+    of the heads that share a key/value head are stacked along the query axis instead, so attention
+    runs on the cached K and V as they are; the mask rows repeat once per stacked head (q x k, small).
+    """
+    groups = getattr(module, "num_key_value_groups", 1)
+    batch, heads, q_len, head_dim = query.shape
+    if groups == 1 or q_len == 1 or attention_mask is None or attention_mask.shape[1] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
+    stacked = query.reshape(batch, heads // groups, groups * q_len, head_dim)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        stacked, key, value, attn_mask=attention_mask.repeat(1, 1, groups, 1), scale=scaling
+    )
+    return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ENGINE_SDPA, grouped_query_sdpa)
+AttentionMaskInterface.register(ENGINE_SDPA, sdpa_mask)
+
+
+@contextmanager
+def _engine_attention(model):
+    """Decode with `grouped_query_sdpa` when the model runs sdpa; anything else is left as it is."""
+    config = model.get_decoder().config
+    if config._attn_implementation != "sdpa":
+        yield
+        return
+    config._attn_implementation = ENGINE_SDPA
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,7 +659,7 @@ def multiverse_generate(
             keep = attention_mask[row].detach().cpu().bool()
             prompts.append(ids[row][keep].tolist())
     engine = MultiverseEngine(model, tokenizer, generation_config, processors, stopping, options)
-    with torch.no_grad():
+    with torch.no_grad(), _engine_attention(model):
         seqs = engine.run(prompts, max_new_tokens)
 
     responses = [s.root.view[s.prompt_length :] for s in seqs]

@@ -128,6 +128,23 @@ def test_without_blocks_the_engine_equals_plain_decoding(tiny):
     assert torch.equal(engine, plain)
 
 
+def test_prompts_that_finish_early_leave_the_batch_without_changing_the_others(tiny):
+    model, tokenizer = tiny
+    enc = encode_prompts(tokenizer, ["plain", "a longer prompt here", "x"])
+    common = dict(**enc, do_sample=False, max_new_tokens=30, pad_token_id=tokenizer.pad_token_id)
+    free = model.generate(**common, multiverse=False)[:, enc["input_ids"].shape[1] :].tolist()
+    # an eos the rows write at different steps (or never): rows finish one after another
+
+    def first(row, token):
+        return row.index(token) if token in row else len(row)
+
+    eos = next(t for t in sorted({t for row in free for t in row}) if len({first(row, t) for row in free}) == len(free))
+    plain = model.generate(**common, multiverse=False, eos_token_id=eos)
+    engine = model.generate(**common, eos_token_id=eos, tokenizer=tokenizer)
+    assert torch.equal(engine, plain)
+    assert len({first(row, eos) for row in free}) == 3
+
+
 def test_sampling_is_reproducible_with_a_seed(tiny):
     model, tokenizer = tiny
     template = skeleton_template(tokenizer, SKELETONS["two_blocks"])
@@ -206,3 +223,23 @@ def test_bad_arguments_are_named(tiny):
     open_block = torch.tensor([[5, tag[TAGS[2]], 6]])
     with pytest.raises(ValueError, match="prompt 0 ends inside"):
         model.generate(input_ids=open_block, tokenizer=tokenizer)
+
+
+def test_grouped_query_sdpa_equals_transformers_sdpa():
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from modeling_multiverse.generation import grouped_query_sdpa
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    query = torch.randn(2, 6, 4, 8)  # 6 query heads over 2 key/value heads, 4 queries per row
+    key, value = torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    allowed = torch.rand(2, 1, 4, 9) < 0.6
+    allowed[..., 0] = True
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    got, _ = grouped_query_sdpa(module, query, key, value, mask, scaling=0.3)
+    assert got.shape == expected.shape == (2, 4, 6, 8)
+    torch.testing.assert_close(got, expected)

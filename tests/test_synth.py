@@ -53,6 +53,8 @@ def test_cli_writes_jsonl(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows == synthesize(25, seed=4, k=(2, 3), digits=(1, 2))
     assert set(rows[0]) == {"id", "question", "sequential", "answer"}
+    assert main(["synth", "--n", "5", "--task", "most", "--k", "4", "--bags", "3", "--out", str(out)]) == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == synthesize(5, k=(4, 4), bags=(3, 3), task="most")
 
 
 def test_problems_are_short():
@@ -78,3 +80,40 @@ def test_worked_chains_show_every_equality_and_stay_parallelisable():
         assert curated["status"] == "converted", curated["reason"]
         (block,) = parse_text(curated["multiverse"], require_think=True).blocks
         assert len(block.paths) == len(lines) - 2  # one path per part; the total is the conclusion
+
+
+def test_most_task_adds_one_bag_at_a_time_and_asks_for_the_largest_count():
+    from curator.pipeline import curate_record, make_structurer
+    from modeling_multiverse import parse_text
+
+    structurer = make_structurer("rules")
+    rows = synthesize(80, seed=6, k=(4, 5), bags=(3, 5), task="most")
+    assert rows == synthesize(80, seed=6, k=(4, 5), bags=(3, 5), task="most")
+    for row in rows:
+        *people, comparison, answer = row["sequential"].splitlines()
+        totals = {}
+        for line in people:
+            name, rest = line.split(": ", 1)
+            clause = re.match(rf"{name} has (\d+) bags with ([\d, ]+) and (\d+) (\w+)\. ", rest)
+            assert clause.group(0)[:-2] in row["question"]  # the part restated word for word
+            given = [int(n) for n in clause.group(2).split(", ")] + [int(clause.group(3))]
+            assert len(given) == int(clause.group(1)) and 3 <= len(given) <= 5
+            assert all(1 <= n <= 9 for n in given)
+            running = given[0]
+            additions = re.findall(r"(\d+) \+ (\d+) = (\d+)", rest)
+            for (a, b, total), count in zip(additions, given[1:], strict=True):
+                assert (int(a), int(b), int(total)) == (running, count, running + count)  # one bag at a time
+                running += count
+            assert rest.endswith(f"{name}'s total is {running}.")
+            totals[name] = running
+        assert len(set(totals.values())) == len(totals)
+        most = max(totals.values())
+        assert row["answer"] == str(most) and answer == f"So the answer is \\boxed{{{most}}}."
+        listed = ", ".join(f"{name}'s total is {value}" for name, value in totals.items())
+        assert comparison == f"{listed.rsplit(', ', 1)[0]} and {listed.rsplit(', ', 1)[1]}, so the most is {most}."
+        curated = curate_record(row, structurer)
+        assert curated["status"] == "converted", curated["reason"]
+        (block,) = parse_text(curated["multiverse"], require_think=True).blocks
+        assert len(block.paths) == len(people)  # one path per person; the comparison is the conclusion
+    with pytest.raises(ValueError, match="task must be"):
+        synthesize(1, task="median")
