@@ -95,8 +95,8 @@ def _bags_part(rng: random.Random, item: str, bags: tuple[int, int]) -> tuple[st
 def _most_problem(rng: random.Random, k: int, bags: tuple[int, int]) -> tuple[str, list[str], int] | None:
     """k people's bags; the question asks how many the one with the most has. None on a collision."""
     item = rng.choice(ITEMS)
-    clauses, steps, values, numbers = [], [], [], []
     names = rng.sample(NAMES, k)
+    clauses, steps, values, given, computed = [], [], [], set(), []
     for name in names:
         clause, body, totals, counts = _bags_part(rng, item, bags)
         clauses.append(f"{name} has {clause}.")
@@ -104,17 +104,17 @@ def _most_problem(rng: random.Random, k: int, bags: tuple[int, int]) -> tuple[st
         # comparison repeats: each result is copied by name, not by where its path happens to be
         steps.append(f"{name}: {name} has {clause}. {body}. {name}'s total is {totals[-1]}.")
         values.append(totals[-1])
-        numbers.append((set(counts) | {len(counts)}, set(totals)))
+        given |= set(counts) | {len(counts)}
+        computed.append(set(totals))
     # No person may compute a number another person computes (the structurer would read a dependency
     # between them), and each person's count must be a computed number, so that the comparison step
     # is linked to every path. Numbers of the question are never results, so they may repeat.
-    given = set().union(*(counts for counts, _ in numbers))
-    computed = [totals - given for _, totals in numbers]
+    computed = [totals - given for totals in computed]
     if sum(map(len, computed)) != len(set().union(*computed)) or given & set(values):
         return None
     most = max(values)
-    totals = [f"{name}'s total is {value}" for name, value in zip(names, values)]
-    steps.append(f"{', '.join(totals[:-1])} and {totals[-1]}, so the most is {most}.")
+    listed = [f"{name}'s total is {value}" for name, value in zip(names, values)]
+    steps.append(f"{', '.join(listed[:-1])} and {listed[-1]}, so the most is {most}.")
     steps.append(f"So the answer is \\boxed{{{most}}}.")
     question = " ".join(clauses) + f" How many {item} does the one with the most {item} have?"
     return question, steps, most

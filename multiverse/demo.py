@@ -34,17 +34,17 @@ class DemoSettings:
     bags: tuple[int, int] = (3, 4)  # one-digit counts a person adds up
     max_length: int = 1024  # packed rows of several examples
     epochs: float = 1.0
-    # Two CPU cores train about 135 tokens/s: 16 steps of ~4K tokens (~130 of the 1000 curated
-    # problems) take ~8 minutes per model. -1 trains `epochs` in full.
+    # Steps of up to 4 packed rows of `max_length` tokens; on two CPU cores 16 steps take 6 to 8
+    # minutes per model (the full run's stage times). -1 trains `epochs` in full.
     max_steps: int = 16
     batch_size: int = 2
     gradient_accumulation: int = 2
     # A high rate for a fine-tune: in 16 steps the twelve new tag tokens must be learned from scratch
-    # (at 2e-4 a quarter of the responses were malformed; at 6e-4 the arithmetic suffered).
+    # (lower rates left many responses malformed; higher ones cost arithmetic).
     learning_rate: float = 4e-4
     warmup_steps: int = 2
     bf16_training: bool = True  # bf16 autocast trains faster on CPU; decoding is faster in fp32
-    max_new_tokens: int = 512  # a five-path response is 330 to 440 tokens
+    max_new_tokens: int = 512  # room for a five-path response (398 tokens on average in the full run)
     eval_batch_size: int = 8
 
     @classmethod
