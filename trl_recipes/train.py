@@ -73,6 +73,20 @@ def _hub_base(name: str) -> str:
     return json.loads(record.read_text()).get("base_model", name) if record.is_file() else name
 
 
+def _check_paths(model, dataset, output_dir) -> None:
+    """Refuse before loading anything: a missing model folder, and an output that would overwrite an input."""
+    from modeling_multiverse.paths import model_config, same_path
+
+    if isinstance(model, str):
+        model_config(model, "--model")
+        if same_path(model, output_dir):
+            raise ValueError(f"--output {output_dir} would overwrite the model it trains (--model {model}); pick another folder")
+    if isinstance(dataset, str) and same_path(dataset, output_dir):
+        raise ValueError(f"--output {output_dir} would overwrite the training data (--dataset {dataset}); pick another folder")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise NotADirectoryError(f"--output {output_dir}: is a file, expected a folder")
+
+
 def train(
     model: str | PreTrainedModel,
     dataset: str | Dataset,
@@ -98,6 +112,7 @@ def train(
     """
     if args is not None and config_kwargs:
         raise ValueError(f"pass SFTConfig fields either in args= or as keywords, not both (got {sorted(config_kwargs)})")
+    _check_paths(model, dataset, output_dir)
     args = args or MultiverseSFTConfig(output_dir=str(output_dir), **config_kwargs)
     args.output_dir = str(output_dir)
     if isinstance(model, str):
@@ -117,7 +132,7 @@ def train(
 
     source = dataset if isinstance(dataset, Dataset) else str(dataset)
     prepared, report = prepare_dataset(
-        load_sft_dataset(source, config=dataset_config, split=dataset_split),
+        load_sft_dataset(source, config=dataset_config, split=dataset_split, fallback_split=recipe),
         tokenizer,
         recipe=recipe,
         max_length=args.max_length,
@@ -153,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [flag for flag, value in (("--model", model_args.model_name_or_path), ("--dataset", recipe_args.dataset_name), ("--output", config.output_dir)) if not value]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
+    if not 0.0 <= recipe_args.ar_fraction <= 1.0:
+        raise ValueError(f"--ar_fraction must be in [0, 1], got {recipe_args.ar_fraction}")
     outcome = train(
         model_args.model_name_or_path,
         recipe_args.dataset_name,
