@@ -153,13 +153,12 @@ def test_closed_pipe_ends_quietly(capsys, tmp_path, folders, monkeypatch):
 def test_end_to_end_processes_show_one_line_and_no_traceback(tmp_path, folders):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "multiverse.cli"]
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "a", "response": "<Think>x</Think>"}\n{"id": "b", "response": \n')
-    result = subprocess.run([*command, "inspect", str(bad), "--tokenizer", str(folders["multiverse"])],
+    out = tmp_path / "problems.jsonl"
+    result = subprocess.run([*command, "data", "synth", "--n", "3", "--nesting", "2", "--out", str(out)],
                             capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith(f"multiverse inspect: {bad}:2: not valid JSON (Expecting value")
+    assert result.stderr == "multiverse data: nesting is a probability in [0, 1], got 2.0\n"
+    assert not out.exists()
     # `| head -1`: the reader goes away after one line; the writer stops quietly
     many = tmp_path / "many.jsonl"
     many.write_text("".join(json.dumps({"id": str(i), "response": "<Think>x</Think>y"}) + "\n" for i in range(3000)))

@@ -1,10 +1,10 @@
 """Graders on known answers: the shared MATH500 and AIME files, multiple choice, the built-in task."""
 
-import json
 import random
 
 import pytest
 
+from modeling_multiverse.jsonl import iter_jsonl
 from multiverse.grading import (
     extract_choice,
     extract_integer,
@@ -17,7 +17,7 @@ from multiverse.grading import (
 
 
 def read_jsonl(path):
-    return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
+    return [record for _, record in iter_jsonl(path)]
 
 
 def test_math500_solutions_grade_correct_against_their_answers(shared_dir):
