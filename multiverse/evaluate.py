@@ -36,7 +36,7 @@ from modeling_multiverse import (
     parse_text,
     tag_ids_from_tokenizer,
 )
-from multiverse.grading import KINDS, extract_answer, grade, integer_reference
+from evaluation.grading import KINDS, extract_answer, grade, integer_reference
 
 ANSWER_HINTS: dict[str, str] = {
     "math": "Put your final answer within \\boxed{}.",
