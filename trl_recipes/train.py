@@ -78,6 +78,20 @@ def _hub_base(name: str) -> str:
     return json.loads(record.read_text()).get("base_model", name) if record.is_file() else name
 
 
+def _check_paths(model, dataset, output_dir) -> None:
+    """Refuse before loading anything: a missing model folder, and an output that would overwrite an input."""
+    from modeling_multiverse.paths import model_config, same_path
+
+    if isinstance(model, str):
+        model_config(model, "--model")
+        if same_path(model, output_dir):
+            raise ValueError(f"--output {output_dir} would overwrite the model it trains (--model {model}); pick another folder")
+    if isinstance(dataset, str) and same_path(dataset, output_dir):
+        raise ValueError(f"--output {output_dir} would overwrite the training data (--dataset {dataset}); pick another folder")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise NotADirectoryError(f"--output {output_dir}: is a file, expected a folder")
+
+
 def train(
     recipe_args: RecipeArguments,
     config: MultiverseSFTConfig,
@@ -98,6 +112,11 @@ def train(
     if (dataset is None) == (recipe_args.dataset_name is None):
         raise ValueError("give the data either as recipe_args.dataset_name or loaded as dataset=, not both")
     recipe = recipe_args.recipe
+    _check_paths(
+        model_args.model_name_or_path if model is None else model,
+        recipe_args.dataset_name if dataset is None else dataset,
+        config.output_dir,
+    )
     if model is None:
         base_name = _hub_base(model_args.model_name_or_path)
         model, tokenizer = load_model(model_args, recipe)
@@ -116,7 +135,7 @@ def train(
 
     source = dataset if dataset is not None else recipe_args.dataset_name
     prepared, report = prepare_dataset(
-        load_sft_dataset(source, config=recipe_args.dataset_config, split=recipe_args.dataset_train_split),
+        load_sft_dataset(source, config=recipe_args.dataset_config, split=recipe_args.dataset_train_split, fallback_split=recipe),
         tokenizer,
         recipe=recipe,
         max_length=config.max_length,
@@ -155,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [flag for flag, value in (("--model", model_args.model_name_or_path), ("--dataset", recipe_args.dataset_name), ("--output", config.output_dir)) if not value]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
+    if not 0.0 <= recipe_args.ar_fraction <= 1.0:
+        raise ValueError(f"--ar_fraction must be in [0, 1], got {recipe_args.ar_fraction}")
     outcome = train(recipe_args, config, model_args)
     report = outcome.report
     for _, reason in report.skipped:
