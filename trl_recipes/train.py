@@ -168,9 +168,30 @@ def make_parser() -> TrlParser:
     return TrlParser((RecipeArguments, MultiverseSFTConfig, MultiverseModelConfig), prog="multiverse train")
 
 
+def _requested_recipe(argv: list[str]) -> str | None:
+    """`--recipe` from the command line, else from the `--config` YAML (the GRPO recipe has its own parser)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--recipe="):
+            return arg.split("=", 1)[1]
+        if arg == "--recipe" and i + 1 < len(argv):
+            return argv[i + 1]
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        if path and Path(path).is_file():
+            import yaml
+
+            return (yaml.safe_load(Path(path).read_text()) or {}).get("recipe")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if _requested_recipe(argv) == "grpo":
+        from .grpo import main as grpo_main
+
+        return grpo_main(argv)
     parser = make_parser()
-    recipe_args, config, model_args = parser.parse_args_and_config(sys.argv[1:] if argv is None else argv)
+    recipe_args, config, model_args = parser.parse_args_and_config(argv)
     missing = [flag for flag, value in (("--model", model_args.model_name_or_path), ("--dataset", recipe_args.dataset_name), ("--output", config.output_dir)) if not value]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
