@@ -68,14 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     from modeling_multiverse import PARALLEL_INSTRUCTION, MultiverseForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = MultiverseForCausalLM.from_pretrained(args.model)
-    model.eval()
     ids = prompt_ids(tokenizer, args.prompt, "" if args.no_instruction else PARALLEL_INSTRUCTION)
     if context is not None and len(ids) + args.max_new_tokens > context:
         raise ValueError(
             f"--max-new-tokens {args.max_new_tokens}: with the prompt's {len(ids)} tokens that exceeds the model's "
             f"context of {context} tokens; pass --max-new-tokens {context - len(ids)} or less"
         )
+    model = MultiverseForCausalLM.from_pretrained(args.model)
+    model.eval()
     inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
     if args.top_p is not None:

@@ -35,7 +35,7 @@ from trl import TrlParser, get_peft_config
 from modeling_multiverse import MultiverseForCausalLM, tag_ids_from_tokenizer
 
 from .config import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
-from .data import load_sft_dataset
+from .data import check_source, load_sft_dataset
 from .export import save_hub_ready
 from .preparation import PreparationReport, prepare_dataset
 from .trainer import MultiverseSFTTrainer
@@ -78,15 +78,17 @@ def _hub_base(name: str) -> str:
     return json.loads(record.read_text()).get("base_model", name) if record.is_file() else name
 
 
-def _check_paths(model, dataset, output_dir) -> None:
-    """Refuse before loading anything: a missing model folder, and an output that would overwrite an input."""
-    from modeling_multiverse.paths import model_config, same_path
+def _check_paths(model, dataset, output_dir, recipe: str) -> None:
+    """Refuse before loading anything: a missing or unconverted model, bad data, an output that would overwrite an input."""
+    from modeling_multiverse.paths import model_config, multiverse_config, same_path
 
     if isinstance(model, str):
-        model_config(model, "--model")
+        (multiverse_config if recipe == "multiverse" else model_config)(model, "--model")
         if same_path(model, output_dir):
             raise ValueError(f"--output {output_dir} would overwrite the model it trains (--model {model}); pick another folder")
-    if isinstance(dataset, str) and same_path(dataset, output_dir):
+    if isinstance(dataset, (str, Path)):
+        check_source(str(dataset))
+    if isinstance(dataset, (str, Path)) and same_path(dataset, output_dir):
         raise ValueError(f"--output {output_dir} would overwrite the training data (--dataset {dataset}); pick another folder")
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise NotADirectoryError(f"--output {output_dir}: is a file, expected a folder")
@@ -116,6 +118,7 @@ def train(
         model_args.model_name_or_path if model is None else model,
         recipe_args.dataset_name if dataset is None else dataset,
         config.output_dir,
+        recipe,
     )
     if model is None:
         base_name = _hub_base(model_args.model_name_or_path)
