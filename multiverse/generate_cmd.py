@@ -15,9 +15,11 @@ import sys
 import time
 
 
-def build_prompt(tokenizer, prompt: str, instruction: str) -> str:
-    """The chat-formatted prompt text: the question, then the parallel-thinking instruction."""
-    content = f"{prompt.strip()}\n{instruction}" if instruction else prompt.strip()
+def build_prompt(tokenizer, prompt: str, parallel: bool = True) -> str:
+    """The chat-formatted prompt text: the question, and the parallel-thinking instruction when `parallel`."""
+    from modeling_multiverse import parallel_user_turn
+
+    content = parallel_user_turn(prompt) if parallel else prompt.strip()
     return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
 
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from modeling_multiverse import PARALLEL_INSTRUCTION, MultiverseForCausalLM
+    from modeling_multiverse import MultiverseForCausalLM
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"multiverse generate: cannot load --model {args.model}: {err}", file=sys.stderr)
         return 2
     model.eval()
-    text = build_prompt(tokenizer, args.prompt, "" if args.no_instruction else PARALLEL_INSTRUCTION)
+    text = build_prompt(tokenizer, args.prompt, parallel=not args.no_instruction)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
     if args.top_p is not None:
