@@ -4,8 +4,7 @@ import random
 
 import pytest
 
-from modeling_multiverse.jsonl import iter_jsonl
-from multiverse.grading import (
+from evaluation.grading import (
     extract_choice,
     extract_integer,
     grade,
@@ -14,6 +13,7 @@ from multiverse.grading import (
     math_equal,
     normalize_math,
 )
+from modeling_multiverse.jsonl import iter_jsonl
 
 
 def read_jsonl(path):
