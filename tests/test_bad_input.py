@@ -461,10 +461,11 @@ def test_curate_refuses_a_foreign_output_without_final_newline(capsys, problems,
     output.write_text('{"my": "notes"}\nlast line without newline')
     before = snapshot(output)
     refused(run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"), str(output), "not a curated record")
-    output.write_text("just text")
-    before = snapshot(output)
-    refused(run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"), f"{output}:1:")
     assert snapshot(output) == before
+    for text in ("just text", "5", '[1, 2]'):  # no newline at the end of any: each used to be cut to nothing
+        output.write_text(text)
+        refused(run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"), f"{output}:1:")
+        assert output.read_text() == text
 
 
 def test_curate_keeps_a_whole_last_record_missing_its_newline(capsys, problems, tmp_path):
