@@ -167,8 +167,11 @@ def test_cli_refuses_bad_data(tmp_path, capsys):
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "2+2?"}) + "\n")
-    code = main(["--recipe", "grpo", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o"), "--use_cpu", "true", "--report_to", "none"])
-    assert code == 2 and "needs `answer`" in capsys.readouterr().err
+    from multiverse.cli import main as cli
+
+    code = cli(["train", "--recipe", "grpo", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o"), "--use_cpu", "true", "--report_to", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs `answer`" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
