@@ -169,6 +169,7 @@ def test_cli_refuses_bad_data(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "2+2?"}) + "\n")
     from multiverse.cli import main as cli
 
+    capsys.readouterr()  # the model's save progress
     code = cli(["train", "--recipe", "grpo", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o"), "--use_cpu", "true", "--report_to", "none"])
     err = capsys.readouterr().err
     assert code == 2 and "needs `answer`" in err and len(err.strip().splitlines()) == 1

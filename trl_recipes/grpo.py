@@ -430,7 +430,10 @@ def train_grpo(
         raise ValueError("give the model either as model_args.model_name_or_path or loaded as model=, not both")
     if (dataset is None) == (recipe_args.dataset_name is None):
         raise ValueError("give the problems either as recipe_args.dataset_name or loaded as dataset=, not both")
-    _check_paths(model_args.model_name_or_path if model is None else model, recipe_args.dataset_name if dataset is None else dataset, config.output_dir, "multiverse")
+    # the model and output checks of the SFT recipe; problems are checked by `load_problems` (other columns)
+    _check_paths(model_args.model_name_or_path if model is None else model, None, config.output_dir, "multiverse")
+    if dataset is None and Path(recipe_args.dataset_name).resolve() == Path(config.output_dir).resolve():
+        raise ValueError(f"--output {config.output_dir} would overwrite the problems (--dataset {recipe_args.dataset_name})")
     reward_funcs = reward_functions(recipe_args)
     problems = load_problems(
         dataset if dataset is not None else recipe_args.dataset_name,
