@@ -26,7 +26,7 @@ from .generation import multiverse_generate, write_custom_generate
 from .kernel_attention import MULTIVERSE_KERNEL_ATTENTION, interval_inputs
 from .structure import TAGS
 
-# transformers 5.17-5.2x name the KV cache `past_key_values` in forward arguments and outputs; newer ones `cache`
+# transformers 5.17-5.23 name the KV cache `past_key_values` in forward arguments and outputs, 5.24 `cache`
 _CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
