@@ -1,6 +1,6 @@
 """The Multiverse core: format, attention, model, and the fork/merge engine."""
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from .attention import block_mask, dense_mask, multiverse_attention_inputs, pack, stack, structure_of_ids
 from .configuration_multiverse import SUPPORTED_BASES, MultiverseConfig
@@ -27,7 +27,6 @@ from .structure import (
 )
 from .tokens import add_multiverse_tokens, add_tag_tokens, encode_chat
 
-AutoConfig.register("multiverse", MultiverseConfig, exist_ok=True)
 AutoModelForCausalLM.register(MultiverseConfig, MultiverseForCausalLM, exist_ok=True)
 
 __all__ = [

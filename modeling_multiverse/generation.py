@@ -589,7 +589,8 @@ def _tokenizer_for(model, tokenizer):
             "pass generate(..., tokenizer=tokenizer) or load the model from a folder that has one"
         )
     if source not in _TOKENIZERS:
-        _TOKENIZERS[source] = AutoTokenizer.from_pretrained(source)
+        # config= keeps AutoTokenizer from reloading the config, which would ask to trust remote code
+        _TOKENIZERS[source] = AutoTokenizer.from_pretrained(source, config=model.config)
     return _TOKENIZERS[source]
 
 

@@ -26,6 +26,9 @@ from .generation import multiverse_generate, write_custom_generate
 from .kernel_attention import MULTIVERSE_KERNEL_ATTENTION, interval_inputs
 from .structure import TAGS
 
+# transformers 5.17-5.23 name the KV cache `past_key_values` in forward arguments and outputs, 5.24 `cache`
+_CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class MultiversePreTrainedModel(PreTrainedModel):
     config_class = MultiverseConfig
@@ -110,7 +113,7 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
+            **{_CACHE: cache},
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -127,7 +130,7 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            **{_CACHE: getattr(outputs, _CACHE)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
