@@ -54,13 +54,22 @@ def health(url: str) -> dict | None:
         return None
 
 
-def start_server(command: list[str], port: int, log: Path) -> subprocess.Popen:
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_server(command: list[str], port: int, log: Path, probe: str | None = None) -> subprocess.Popen:
+    """Start a server process and wait until it answers (`probe`: a page to GET instead of /health)."""
     handle = log.open("w")
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment(), cwd=ROOT)
     for _ in range(240):  # up to 2 minutes to import torch and load the model on a busy machine
         if process.poll() is not None:
             break
-        if health(f"http://127.0.0.1:{port}") is not None:
+        if (answers(probe) if probe else health(f"http://127.0.0.1:{port}") is not None):
             return process
         time.sleep(0.5)
     stop(process)
