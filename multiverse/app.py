@@ -103,7 +103,7 @@ def build_demo(model, tokenizer, logits_processor=None, max_new_tokens: int = 51
     import gradio as gr
     import torch
 
-    from modeling_multiverse import PARALLEL_INSTRUCTION
+    from modeling_multiverse import encode_chat, parallel_user_turn
 
     def answer(question: str, history: list):
         question = (question or "").strip()
@@ -111,9 +111,8 @@ def build_demo(model, tokenizer, logits_processor=None, max_new_tokens: int = 51
             yield history, "", "<div class='mv-counter'>type a question</div>"
             return
         history = [*history, {"role": "user", "content": question}]
-        chat = [{"role": "user", "content": f"{question}\n{PARALLEL_INSTRUCTION}"}]
-        inputs = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        ids = encode_chat(tokenizer, [{"role": "user", "content": parallel_user_turn(question)}])
+        inputs = {"input_ids": torch.tensor([ids], device=model.device)}
         events: queue.Queue = queue.Queue()
         transcript = Transcript(tokenizer)
         result: dict = {}

@@ -115,13 +115,13 @@ class ChatServer:
                 kwargs["top_p"] = float(body["top_p"])
         if body.get("stop"):
             kwargs["stop_strings"] = [body["stop"]] if isinstance(body["stop"], str) else list(body["stop"])
-        inputs = self.tokenizer.apply_chat_template(
-            [{"role": m.get("role", "user"), "content": m["content"]} for m in messages],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )
-        return {**inputs, **kwargs, "seed": body.get("seed")}
+        import torch
+
+        from modeling_multiverse import encode_chat
+
+        # what people wrote is text: a tag typed in a message is not structure
+        ids = encode_chat(self.tokenizer, [{"role": m.get("role", "user"), "content": m["content"]} for m in messages])
+        return {"input_ids": torch.tensor([ids]), **kwargs, "seed": body.get("seed")}
 
     def generate(self, kwargs: dict, streamer=None):
         """Runs on the inference thread."""
