@@ -147,6 +147,12 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
             return super().generate(*args, **kwargs)
         return multiverse_generate(self, *args, **kwargs)
 
+    def init_continuous_batching(self, *args, **kwargs):
+        raise NotImplementedError(
+            "Multiverse models fork and merge inside generate(); continuous batching (paged attention) "
+            "cannot: call generate(), or serve with `multiverse serve`"
+        )
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual, plus the engine as `custom_generate/` (transformers does not copy that folder)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)

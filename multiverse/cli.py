@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("multiverse.evaluate", "evaluate a model on the built-in task, MATH500, AIME or multiple choice"),
     "demo": ("multiverse.demo", "the whole loop on a laptop: synth, curate, train, evaluate, report"),
     "push": ("multiverse.push", "upload a model or dataset folder to the Hugging Face Hub"),
+    "serve": ("multiverse.serve", "an OpenAI-compatible chat server (/v1/chat/completions) with fork/merge decoding"),
+    "app": ("multiverse.app", "a Gradio app that shows the paths being written side by side"),
 }
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)

@@ -270,3 +270,9 @@ def test_a_streamer_takes_one_prompt(tiny):
     ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
     with pytest.raises(ValueError, match="one prompt"):
         model.generate(ids, tokenizer=tokenizer, streamer=Recorder([]))
+
+
+def test_continuous_batching_says_it_cannot_fork(tiny):
+    model, _ = tiny
+    with pytest.raises(NotImplementedError, match="continuous batching"):
+        model.init_continuous_batching()

@@ -1,0 +1,96 @@
+"""`multiverse app` in a real browser: headless system Chromium driven by Playwright.
+
+The app runs as a process on 127.0.0.1 with a tiny random model whose `generate()` calls get a
+logits processor forcing a three-path skeleton (a random model does not fork by itself). The test
+types a question, waits until at least two path columns are on the page, checks the counter, and
+saves a screenshot under its tmp folder.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_serve import free_port, start_server, stop
+from tiny import tiny_model
+
+from multiverse.app import main as app_main
+
+TESTS = Path(__file__).resolve().parent
+CHROMIUM = "/usr/bin/chromium"
+SKELETON = '[4, block(["1", "2", "3"], [[40], [18], [28]]), 6]'
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+
+
+def test_app_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
+    assert app_main(["--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a model folder" in err[0]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    pytest.importorskip("gradio")
+    folder = tmp_path_factory.mktemp("app")
+    model, tokenizer = tiny_model("qwen2", seed=3)
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    port = free_port()
+    launcher = folder / "launch.py"
+    launcher.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from engine_skeleton import SkeletonProcessor, block, skeleton_template
+        from transformers import LogitsProcessorList
+        from multiverse.app import CSS, build_demo, load
+        model, tokenizer = load({str(folder / "model")!r})
+        template = skeleton_template(tokenizer, {SKELETON})
+        demo = build_demo(model, tokenizer, LogitsProcessorList([SkeletonProcessor(template, tokenizer)]))
+        demo.queue().launch(server_name="127.0.0.1", server_port={port}, css=CSS)
+    """))
+    url = f"http://127.0.0.1:{port}"
+    process = start_server([sys.executable, str(launcher)], port, folder / "app.log", probe=url)
+    yield url
+    stop(process)
+
+
+@pytest.mark.slow
+def test_paths_fill_side_by_side_in_a_real_browser(app_url, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    assert Path(CHROMIUM).is_file(), "apt-get install -y chromium"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            user_data_dir=str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(app_url, timeout=120_000)
+            page.fill("#mv-question textarea", "Ann has 3 bags of 12 apples and Ben has 25. How many apples?")
+            page.click("#mv-send")
+            page.wait_for_function("document.querySelectorAll('#mv-live .mv-path').length >= 2", timeout=240_000)
+            seen_live = page.locator("#mv-live .mv-path.mv-live").count()
+            page.wait_for_function("document.querySelector('#mv-live').innerText.includes('</Think>')", timeout=240_000)
+            page.wait_for_timeout(1500)  # the last update and the chat reply
+            shot = tmp_path / "app.png"
+            page.screenshot(path=str(shot), full_page=True)
+            labels = page.locator("#mv-live .mv-path").evaluate_all("els => els.map(e => e.dataset.label)")
+            live_text = page.inner_text("#mv-live")
+            counter = page.inner_text(".mv-counter")
+        finally:
+            browser.close()
+    assert labels == ["1", "2", "3"] and seen_live >= 1
+    assert live_text.index("<Goal>") < live_text.index("Path 1") and "<Conclusion>" in live_text
+    tokens, steps, parallelism = (float(x) for x in re.findall(r"[\d.]+", counter)[:3])
+    assert tokens > steps > 0 and parallelism == pytest.approx(tokens / steps, abs=0.01) and parallelism > 1.3
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
