@@ -67,24 +67,15 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import ModelOutput
 
 from .structure import (
-    CONCLUSION,
-    CONCLUSION_END,
     CONCLUSION_SEED,
-    GOAL,
-    GOAL_END,
-    OUTLINE,
-    OUTLINE_END,
+    LABEL_WINDOW,
     PARALLEL,
-    PARALLEL_END,
-    PATH,
-    PATH_END,
     TAGS,
     TEXT,
-    THINK,
-    THINK_END,
     StructureParser,
     parse_ids,
     path_seed,
+    read_label,
     tag_ids_from_tokenizer,
 )
 
@@ -96,7 +87,6 @@ ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 8, "max_branch_tokens": 2048}
 """
 
 LIVE, FORKING, WAITING, FINISHING, DONE = range(5)
-_LABEL_CHARS = 16  # longer "labels" are prose, not labels: the path gets its ordinal instead
 
 
 @dataclass
@@ -203,7 +193,6 @@ class MultiverseEngine:
         pad = generation_config._pad_token_tensor
         self.pad_id = int(pad) if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
         self.conclusion_seed = self._encode(CONCLUSION_SEED)
-        self.parallel_end = self._encode(f"\n{TAGS[PARALLEL_END]}")
         self.seeds: dict[str, list[int]] = {}
         self.cache = None
         self.cache_length = 0
@@ -237,14 +226,10 @@ class MultiverseEngine:
             branch.state = FINISHING
 
     def _label(self, view: list[int], outline, k: int) -> str:
-        """The label written in an outline ("1", "2.1", or whatever precedes ':'), else the ordinal."""
+        """The label written in an outline ("1", "2.1", or whatever short text precedes ':'), else the ordinal."""
         end = outline.close if outline.close is not None else len(view)
-        text = self.tokenizer.decode(view[outline.open + 1 : end][:_LABEL_CHARS * 2])
-        head, colon, _ = text.partition(":")
-        label = head.strip()
-        if not colon or not label or len(label) > _LABEL_CHARS or "\n" in label:
-            return str(k + 1)
-        return label
+        text = self.tokenizer.decode(view[outline.open + 1 : min(end, outline.open + 1 + LABEL_WINDOW)])
+        return read_label(text, strict=False) or str(k + 1)
 
     def _seed(self, label: str) -> list[int]:
         if label not in self.seeds:
@@ -289,28 +274,16 @@ class MultiverseEngine:
         self._append(seq, parent, self.conclusion_seed)
 
     def _close_step(self, seq: _Sequence, branch: _Branch) -> None:
-        """Write the forced tags that close what the branch has open, up to a fork or its end."""
+        """Write the forced items that close what the branch has open, up to a fork or its end."""
         while branch.state == LIVE:
-            top = branch.parser.stack[-1]
-            if top.kind == OUTLINE:
-                self._append(seq, branch, [self.tag_ids[TAGS[OUTLINE_END]]])
-            elif top.kind == GOAL:
-                if not top.node.outlines:
-                    self._append(seq, branch, [self.tag_ids[TAGS[OUTLINE]], *self._encode("1:"), self.tag_ids[TAGS[OUTLINE_END]]])
-                self._append(seq, branch, [self.tag_ids[TAGS[GOAL_END]]])
-            elif top.kind == PARALLEL and top.phase == "goal":
-                self._append(seq, branch, [self.tag_ids[TAGS[GOAL]]])
-            elif top.kind == PARALLEL:  # phase "end": the conclusion is closed
-                self._append(seq, branch, self.parallel_end)
-            elif top.kind == CONCLUSION:
-                self._append(seq, branch, [self.tag_ids[TAGS[CONCLUSION_END]]])
-            elif top.kind == PATH:
-                self._append(seq, branch, [self.tag_ids[TAGS[PATH_END]]])
-            else:  # the root, back at top level
+            items = branch.parser.closing_items()
+            if not items:  # the root, back at top level
                 if branch.eos_at_end:
                     self._append(seq, branch, [min(self.eos_ids)])
                 branch.state = DONE
                 return
+            for item in items:
+                self._append(seq, branch, self._encode(item) if isinstance(item, str) else [self.tag_ids[TAGS[item]]])
             self._after_token(branch)
 
     def _settle(self, seq: _Sequence, branch: _Branch) -> None:
@@ -340,25 +313,8 @@ class MultiverseEngine:
 
     # -- choosing tokens --------------------------------------------------------------------------
     def _allowed_tags(self, parser: StructureParser) -> torch.Tensor:
-        """Which of the twelve tags the grammar allows next in this state (SPEC 3)."""
         allowed = torch.zeros(len(TAGS), dtype=torch.bool)
-        top = parser.stack[-1]
-        if top.kind == TEXT:
-            allowed[PARALLEL] = True
-            allowed[THINK] = parser.think_open is None
-            allowed[THINK_END] = parser.think_open is not None and parser.think_close is None
-        elif top.kind == PATH:
-            allowed[PARALLEL] = allowed[PATH_END] = True
-        elif top.kind == GOAL:
-            allowed[OUTLINE] = len(top.node.outlines) < self.max_branches
-            allowed[GOAL_END] = bool(top.node.outlines)
-        elif top.kind == OUTLINE:
-            allowed[OUTLINE_END] = True
-        elif top.kind == CONCLUSION:
-            allowed[CONCLUSION_END] = True
-        elif top.kind == PARALLEL:
-            allowed[GOAL] = top.phase == "goal"
-            allowed[PARALLEL_END] = top.phase == "end"
+        allowed[parser.allowed_next(max_outlines=self.max_branches)] = True
         return allowed
 
     def _views(self, branches: list[_Branch]) -> torch.LongTensor:
