@@ -230,7 +230,7 @@ def test_grouped_query_sdpa_equals_transformers_sdpa():
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from modeling_multiverse.generation import grouped_query_sdpa
+    from modeling_multiverse.decode_attention import grouped_query_sdpa
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
