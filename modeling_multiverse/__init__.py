@@ -19,12 +19,13 @@ from .structure import (
     parse_ids,
     path_seed,
     parse_kinds,
+    parallel_user_turn,
     parse_text,
     remove_tags,
     split_tags,
     tag_ids_from_tokenizer,
 )
-from .tokens import add_multiverse_tokens, add_tag_tokens
+from .tokens import add_multiverse_tokens, add_tag_tokens, encode_chat
 
 AutoConfig.register("multiverse", MultiverseConfig, exist_ok=True)
 AutoModelForCausalLM.register(MultiverseConfig, MultiverseForCausalLM, exist_ok=True)
@@ -45,6 +46,7 @@ __all__ = [
     "add_tag_tokens",
     "block_mask",
     "dense_mask",
+    "encode_chat",
     "multiverse_attention_inputs",
     "pack",
     "format_parallel",
@@ -52,6 +54,7 @@ __all__ = [
     "parse_ids",
     "path_seed",
     "parse_kinds",
+    "parallel_user_turn",
     "parse_text",
     "remove_tags",
     "split_tags",

@@ -51,8 +51,8 @@ Example:
     >>> out.parallelism[0], out.blocks[0]  # doctest: +SKIP
     (1.9, [{'labels': ['1', '2'], 'branch_lengths': [60, 41], 'depth': 0, 'start': 12}])
 
-This file imports only torch, transformers, `.structure` and `.decode_attention`, so it ships with a
-checkpoint both as remote code and as `custom_generate/generate.py` (see `write_custom_generate`).
+This file imports only torch, transformers, `.structure`, `.decode_attention` and `.streaming`, so it
+ships with a checkpoint both as remote code and as `custom_generate/generate.py` (`write_custom_generate`).
 """
 
 from __future__ import annotations
@@ -77,12 +77,14 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.utils import ModelOutput
 
 from .decode_attention import EngineCache, VisibilityTable, engine_attention
+from .streaming import GenerationStream
 from .structure import (
     CONCLUSION_SEED,
     LABEL_WINDOW,
     TAGS,
     TEXT,
     StructureParser,
+    allowed_tags,
     parse_ids,
     path_seed,
     read_label,
@@ -105,6 +107,8 @@ WAITING = "waiting"  # its paths are being written; then it resumes as it was (L
 FINISHING = "finishing"  # its `</Path>` is pending: done once that is fed
 DONE = "done"
 
+_FORCED = float("nan")  # `token_logprobs` of a token the engine wrote without sampling it
+
 # Prompt states
 DECODING = "decoding"
 FINALIZING = "finalizing"  # the budget ran out: open branches are closed and merged without forward passes
@@ -122,6 +126,12 @@ class MultiverseGenerateOutput(ModelOutput):
     - `blocks`: every block of the response, in order: `labels`, `branch_lengths` (tokens of each path
       unit), `depth` (0 = top level), `start` (index of `<Parallel>` in the response).
     - `cache_tokens`: peak KV cache length (tokens per row, padding slots included).
+    - `token_logprobs` (with `output_scores=True`): `[B, response width]` float32, aligned with the
+      response part of `sequences` (canonical order): the log-probability of each sampled token under
+      the distribution it was drawn from (logits after the processors, temperature included, and the
+      grammar mask of `structure.allowed_tags`; greedy: the same log-softmax at the argmax). NaN where
+      the engine forced the token (path and conclusion seeds, closing tags) and after the response.
+      A sampled eos inside a path is not in the output (the path is closed instead), nor is its score.
     """
 
     sequences: torch.LongTensor | None = None
@@ -131,6 +141,7 @@ class MultiverseGenerateOutput(ModelOutput):
     parallelism: list | None = None
     blocks: list | None = None
     cache_tokens: int | None = None
+    token_logprobs: torch.FloatTensor | None = None
 
 
 class _Branch:
@@ -140,6 +151,7 @@ class _Branch:
         self.slot = slot  # its row in the visibility table
         self.parent = parent
         self.view = view
+        self.logprobs = [_FORCED] * len(view)  # per token of `view`: its sampled log-probability (token_logprobs)
         self.own_start = len(view)  # where its own tokens begin in `view`
         self.parser = parser
         self.base = len(parser.stack)  # stack height while inside its own path
@@ -158,7 +170,8 @@ class _Branch:
 class _Sequence:
     """One prompt: its branches (slot 0 is padding's), its counters, and the visibility changes to apply."""
 
-    def __init__(self, prompt: list[int], parser: StructureParser):
+    def __init__(self, row: int, prompt: list[int], parser: StructureParser):
+        self.row = row  # in the batch as given (streams report it)
         self.prompt_length = len(prompt)
         self.branches: list[_Branch] = []
         self.visibility_ops: list[tuple[str, int, int]] = []  # ("copy" | "merge", dst slot, src slot)
@@ -245,8 +258,9 @@ _SCORE_ONLY = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinP
 class MultiverseEngine:
     """Decodes a batch of prompts with fork/merge decoding. Built and run by `multiverse_generate`."""
 
-    def __init__(self, model, tokenizer, generation_config, processors, stopping_criteria, options: dict):
+    def __init__(self, model, tokenizer, generation_config, processors, stopping_criteria, options: dict, stream=None):
         self.model = model
+        self.stream = stream or GenerationStream()  # streaming hook: see `streaming.py`
         self.tokenizer = tokenizer
         self.config = generation_config
         self.processors = processors
@@ -291,6 +305,7 @@ class MultiverseEngine:
             if todo:
                 self._choose(todo)  # processors, grammar, sampling: one device-to-host copy
             self._retire()  # a spent budget closes what is open; finished prompts leave the batch
+        self.stream.end()  # streaming hook: the rest is final
         return self.seqs
 
     def _start(self, prompts: list[list[int]], max_new_tokens: int) -> list[_Sequence]:
@@ -304,7 +319,8 @@ class MultiverseEngine:
                     f"prompt {row} ends inside a <Parallel> block ({' '.join(TAGS[f.kind] for f in parser.stack[1:])} "
                     "still open): the engine starts from a prompt outside any block"
                 )
-            seqs.append(_Sequence(prompt, parser))
+            seqs.append(_Sequence(row, prompt, parser))
+            self.stream.open(row, seqs[-1].root)  # streaming hook
         self.max_new_tokens = max_new_tokens
         # buffers fit the request when it is moderate, else grow with use: never sized by the budget alone
         widest = max(len(p) for p in prompts)
@@ -404,6 +420,7 @@ class MultiverseEngine:
                 self._fork(seq, branch)
             elif state == FINISHING:
                 branch.state = DONE
+                self.stream.done(seq.row, branch, seq.generated, seq.steps)  # streaming hook
                 self._child_done(seq, branch.parent)
         elif event == "stop":
             branch.state = CLOSING
@@ -422,19 +439,22 @@ class MultiverseEngine:
             elif branch.resume == LIVE:
                 branch.resume = CLOSING
 
-    def _append(self, seq: _Sequence, branch: _Branch, tokens: list[int]) -> None:
-        """Add tokens to a branch's view and parser; they are fed to the model in the next step."""
+    def _append(self, seq: _Sequence, branch: _Branch, tokens: list[int], logprobs: list[float] | None = None) -> None:
+        """Add tokens to a branch's view and parser; they are fed to the model in the next step.
+        `logprobs` are those of sampled tokens; without them the tokens count as forced."""
         if not seq.finalizing and seq.generated + len(tokens) > self.max_new_tokens:
             seq.state = FINALIZING  # forced tokens that do not fit: from here on only closing items
         for token in tokens:
             branch.parser.feed(self._kind(token), len(branch.view))
             branch.view.append(token)
+        branch.logprobs.extend(logprobs or [_FORCED] * len(tokens))
         branch.pending.extend(tokens)
         branch.written += len(tokens)
         if seq.finalizing:
             seq.closing_tokens += len(tokens)
         else:
             seq.generated += len(tokens)
+        self.stream.tokens(seq.row, branch, tokens, seq.generated, seq.steps)  # streaming hook
 
     def _label(self, view: list[int], outline, k: int) -> str:
         """The label written in an outline ("1", "2.1", or whatever short text precedes ':'), else the ordinal."""
@@ -453,6 +473,7 @@ class MultiverseEngine:
         branch.state = WAITING
         branch.p0 = branch.position
         parallel = branch.depth + 1 <= self.max_depth and not seq.finalizing
+        self.stream.fork(seq.row, branch, branch.labels, parallel, seq.generated, seq.steps)  # streaming hook
         for _ in range(len(branch.labels) if parallel else 1):
             self._start_child(seq, branch)
 
@@ -462,7 +483,9 @@ class MultiverseEngine:
         child = seq.new_branch(
             parent, list(parent.view), parent.parser.copy(), parent.p0, parent.depth + 1, CLOSING if closing else LIVE
         )
+        child.logprobs = list(parent.logprobs)
         parent.children.append(child)
+        self.stream.open(seq.row, child, parent, label)  # streaming hook
         self._append(seq, child, self._seed(label))
         child.base = len(child.parser.stack)
         child.written = 0  # the seed is not the path's own writing
@@ -479,6 +502,7 @@ class MultiverseEngine:
             for token in child.view[child.own_start :]:
                 parent.parser.feed(self._kind(token), len(parent.view))
                 parent.view.append(token)
+            parent.logprobs.extend(child.logprobs[child.own_start :])
             seq.visibility_ops.append(("merge", parent.slot, child.slot))
         parent.position = max(c.position for c in parent.children)
         parent.children = []
@@ -513,11 +537,6 @@ class MultiverseEngine:
         raise RuntimeError("internal error: the Multiverse engine could not close the sequence")
 
     # -- choosing tokens --------------------------------------------------------------------------
-    def _allowed_tags(self, parser: StructureParser) -> torch.Tensor:
-        allowed = torch.zeros(len(TAGS), dtype=torch.bool)
-        allowed[parser.allowed_next(max_outlines=self.max_branches)] = True
-        return allowed
-
     def _histories(self, branches: list[_Branch]) -> torch.LongTensor:
         """Each branch's view as one left-padded row, the input standard logits processors expect."""
         if not self.needs_history:  # every processor reads only the scores
@@ -532,7 +551,7 @@ class MultiverseEngine:
         device = raw.device
         histories = self._histories(branches)
         scores = self.processors(histories.to(device), raw.clone()) if self.processors else raw.clone()
-        forbidden = torch.stack([~self._allowed_tags(b.parser) for b in branches]).to(device)  # [N, 12]
+        forbidden = torch.stack([~allowed_tags(b.parser, self.max_branches) for b in branches]).to(device)  # [N, 12]
         illegal = torch.zeros_like(scores, dtype=torch.bool)
         illegal[:, self.tag_tensor.to(device)] = forbidden
         scores.masked_fill_(illegal, -float("inf"))
@@ -543,23 +562,27 @@ class MultiverseEngine:
             tokens = torch.multinomial(torch.softmax(scores.float(), -1), 1).squeeze(1)
         else:
             tokens = scores.argmax(-1)
-        tokens = tokens.tolist()  # the step's one device-to-host copy
+        logprobs = [None] * len(branches)
+        if self.config.output_scores:  # token_logprobs: the sampled token under the distribution it came from
+            chosen = torch.log_softmax(scores.float(), -1).gather(1, tokens[:, None]).squeeze(1)
+            logprobs = [[value] for value in chosen.tolist()]
+        tokens = tokens.tolist()  # the step's one device-to-host copy (two with output_scores)
         stop = [False] * len(branches)
         if self.stopping:
             extended = torch.cat([histories, torch.tensor(tokens)[:, None]], 1).to(device)
             stop = self.stopping(extended, scores).tolist()
-        for (seq, branch), token, stopped in zip(todo, tokens, stop):
-            self._accept(seq, branch, token, stopped)
+        for (seq, branch), token, logprob, stopped in zip(todo, tokens, logprobs, stop):
+            self._accept(seq, branch, token, stopped, logprob)
 
-    def _accept(self, seq: _Sequence, branch: _Branch, token: int, stopped: bool) -> None:
+    def _accept(self, seq: _Sequence, branch: _Branch, token: int, stopped: bool, logprob: list[float] | None = None) -> None:
         if token in self.eos_ids:
             self._transition(seq, branch, "eos")
             if branch.state == DONE:
-                self._append(seq, branch, [token])
+                self._append(seq, branch, [token], logprob)
             else:  # eos inside a block ends the path (or closes the block, then ends the sequence)
                 self._close(seq, branch)
             return
-        self._append(seq, branch, [token])
+        self._append(seq, branch, [token], logprob)
         self._transition(seq, branch, "wrote")
         if branch.state != LIVE:
             return
@@ -635,7 +658,8 @@ def multiverse_generate(
     Greedy or sampling (`do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`, ...),
     `num_return_sequences` (sampling), `eos_token_id`, `stop_strings`, `max_new_tokens`, plus the
     engine options of `ENGINE_DEFAULTS`. Returns `sequences` (prompt + canonical response), or a
-    `MultiverseGenerateOutput`.
+    `MultiverseGenerateOutput`. `streamer` (put/end, one prompt) receives the canonical response as it
+    becomes final; `branch_callback` receives a `BranchEvent` as each branch advances (`streaming.py`).
 
     >>> out = multiverse_generate(model, input_ids, tokenizer=tok, max_new_tokens=64)  # doctest: +SKIP
     """
@@ -653,7 +677,9 @@ def multiverse_generate(
         if value is None:
             value = getattr(model.generation_config, name, None)
         options[name] = default if value is None else value
-    for unsupported in ("assistant_model", "streamer", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
+    streamer = kwargs.pop("streamer", None)
+    branch_callback = kwargs.pop("branch_callback", None)
+    for unsupported in ("assistant_model", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
         if kwargs.pop(unsupported, None) is not None:
             raise ValueError(f"{unsupported} is not supported by the Multiverse engine; pass multiverse=False")
     for ignored in ("synced_gpus", "negative_prompt_attention_mask", "use_cache"):
@@ -668,6 +694,8 @@ def multiverse_generate(
     returns = generation_config.num_return_sequences or 1
     if returns > 1 and not generation_config.do_sample:
         raise ValueError(f"num_return_sequences={returns} needs do_sample=True: greedy decoding returns one sequence per prompt")
+    if streamer is not None and input_ids.shape[0] * returns != 1:
+        raise ValueError(f"a streamer takes one prompt, got a batch of {input_ids.shape[0] * returns}; use branch_callback for batches")
     prompt_length = input_ids.shape[1]
     max_new_tokens = _new_token_budget(generation_config, prompt_length)
     if attention_mask is not None:
@@ -702,12 +730,21 @@ def multiverse_generate(
         else:
             keep = attention_mask[row].detach().cpu().bool()
             prompts.append(ids[row][keep].tolist())
-    engine = MultiverseEngine(model, tokenizer, generation_config, processors, stopping, options)
+    stream = GenerationStream(streamer, branch_callback)
+    stream.prompt(input_ids)
+    engine = MultiverseEngine(model, tokenizer, generation_config, processors, stopping, options, stream)
     with torch.no_grad(), engine_attention(model):
         seqs = engine.run(prompts, max_new_tokens)
 
     responses = [s.root.view[s.prompt_length :] for s in seqs]
     width = max(len(r) for r in responses)
+    token_logprobs = None
+    if generation_config.output_scores:
+        token_logprobs = torch.full((len(seqs), width), _FORCED)
+        for row, seq in enumerate(seqs):
+            scored = seq.root.logprobs[seq.prompt_length :]
+            token_logprobs[row, : len(scored)] = torch.tensor(scored, dtype=torch.float32)
+        token_logprobs = token_logprobs.to(input_ids.device)
     generated = torch.full((len(seqs), width), engine.pad_id, dtype=torch.long)
     for row, response in enumerate(responses):
         generated[row, : len(response)] = torch.tensor(response, dtype=torch.long)
@@ -722,6 +759,7 @@ def multiverse_generate(
         parallelism=[s.generated / max(s.steps, 1) for s in seqs],
         blocks=[_block_stats(engine, r) for r in responses],
         cache_tokens=engine.cache_length,
+        token_logprobs=token_logprobs,
     )
 
 
@@ -751,7 +789,7 @@ def generate(*args, model, multiverse: bool = True, **kwargs):
     return multiverse_generate(model, *args, **kwargs)
 
 
-SHIPPED_MODULES = ("structure.py", "decode_attention.py")
+SHIPPED_MODULES = ("structure.py", "decode_attention.py", "streaming.py")
 """The modules `generate.py` imports relatively; they ship beside it."""
 
 

@@ -58,6 +58,17 @@ TEXT = -1
 PARALLEL_INSTRUCTION = "Think step by step and in parallel before answering."
 """The sentence that ends a user turn asking for parallel thinking (SPEC 2)."""
 
+
+def parallel_user_turn(question: str, hint: str = "") -> str:
+    """The user turn that asks for parallel thinking (SPEC 2): the question, an optional answer-format hint,
+    then PARALLEL_INSTRUCTION, joined by spaces. Training data and every prompt at inference are built here,
+    so a model is prompted exactly as it was trained.
+
+    >>> parallel_user_turn(" What is 2 + 3? ", "Answer with a number.")
+    'What is 2 + 3? Answer with a number. Think step by step and in parallel before answering.'
+    """
+    return " ".join(part for part in (question.strip(), hint.strip(), PARALLEL_INSTRUCTION) if part)
+
 LABEL_PATTERN = re.compile(r"\d+(?:\.\d+)*")
 _TAG_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in TAGS) + ")")
 _TAG_INDEX = {t: i for i, t in enumerate(TAGS)}
@@ -706,6 +717,53 @@ def parse_ids(
     return parse_kinds(
         kinds_of_ids(ids_list, tag_ids), partial=partial, require_think=require_think, text_of=text_of
     )
+
+
+def allowed_tags(parser: StructureParser, max_branches: int) -> torch.Tensor:
+    """Which of the twelve tags may come next in `parser`'s state: a bool tensor `[12]` in `TAGS` order.
+
+    The engine gives every other tag -inf before sampling (path seeds, conclusion seeds and closing tags
+    are forced, never sampled), so this is the support of its sampling distribution over tags.
+    `max_branches` caps the outlines of one goal.
+
+    >>> p = StructureParser(partial=True)
+    >>> p.feed(PARALLEL, 0)
+    >>> [TAGS[k] for k in torch.nonzero(allowed_tags(p, 8)).flatten().tolist()]
+    ['<Goal>']
+    """
+    allowed = torch.zeros(len(TAGS), dtype=torch.bool)
+    top = parser.stack[-1]
+    if top.kind == PARALLEL and top.phase == "paths":  # the engine writes the paths' seeds, it samples none
+        return allowed
+    allowed[parser.allowed_next(max_outlines=max_branches)] = True
+    return allowed
+
+
+def tag_constraints(
+    ids: torch.Tensor | Sequence[int], tag_ids: TagIds, start: int, max_branches: int
+) -> torch.Tensor:
+    """`allowed_tags` before each token of `ids[start:]`: a bool tensor `[len(ids) - start, 12]`.
+
+    On a canonical engine output (prompt = `ids[:start]`, unpadded), row i is the set of tags the engine
+    let the model sample at response token i: a path sees the same parser state whether it was decoded
+    on its own branch or read after its sibling paths. Training applies it to the logits to score tokens
+    under the engine's sampling distribution (GRPO's ratio).
+
+    >>> # rows = tag_constraints(prompt + response, tag_ids, len(prompt), max_branches=8)
+    """
+    kinds = kinds_of_ids(ids, tag_ids).tolist()
+    parser = StructureParser(partial=True)
+    rows = torch.zeros(len(kinds) - start, len(TAGS), dtype=torch.bool)
+    current = None
+    for i, kind in enumerate(kinds):
+        if i >= start:
+            if current is None:  # the state changes only at tags
+                current = allowed_tags(parser, max_branches)
+            rows[i - start] = current
+        parser.feed(kind, i)
+        if kind != TEXT:
+            current = None
+    return rows
 
 
 def parse_text(text: str, *, partial: bool = False, require_think: bool = False) -> Structure:

@@ -19,6 +19,7 @@ from tiny import tiny_tokenizer
 from modeling_multiverse import TAGS, StructureError, StructureParser, add_multiverse_tokens, dense_mask, parse_kinds
 from modeling_multiverse.generation import CLOSING, ENDING, FINISHING, FORKING, LIVE, MultiverseEngine, _Sequence
 from modeling_multiverse.structure import (
+    allowed_tags,
     CONCLUSION,
     CONCLUSION_END,
     GOAL,
@@ -140,7 +141,7 @@ class Driver:
     def run(self, script: list[int], rng: random.Random) -> tuple[list[int], int]:
         """Returns the final view and how many text tokens were written."""
         written = 0
-        seq = _Sequence([], StructureParser(partial=True))
+        seq = _Sequence(0, [], StructureParser(partial=True))
         seq.root.pending = []
         engine = self.engine
         for kind in script:
@@ -148,7 +149,7 @@ class Driver:
             if seq.done or not live:
                 break
             branch = rng.choice(live)
-            if kind >= 0 and not bool(engine._allowed_tags(branch.parser)[kind]):
+            if kind >= 0 and not bool(allowed_tags(branch.parser, engine.max_branches)[kind]):
                 continue  # the engine masks it: the model writes something else
             engine._accept(seq, branch, self.token(kind), stopped=False)
             written += kind == TEXT

@@ -31,29 +31,48 @@ class RecipeArguments:
     )
     recipe: str = field(
         default="multiverse",
-        metadata={"help": "multiverse: train the structure; autoregressive: the same data flattened.", "choices": list(RECIPES)},
+        metadata={
+            "help": "multiverse: train the structure; autoregressive: the same data flattened; grpo: RL with "
+            "fork/merge rollouts (trl_recipes/grpo.py, its own flags).",
+            "choices": [*RECIPES, "grpo"],
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     ar_fraction: float = field(
         default=0.0,
-        metadata={"help": "Multiverse recipe: share of examples given flattened (AR format), the paper's mixture."},
-    )
-    ar_curriculum: bool = field(
-        default=False,
-        metadata={"help": "Train the AR-format share first, then the Multiverse-format examples (sequential order)."},
+        metadata={
+            "help": "Multiverse recipe: share of examples given flattened (AR format), the paper's mixture. They come "
+            "first in the rows: `--train_sampling_strategy sequential` trains them first (a curriculum)."
+        },
     )
     skip_invalid: bool = field(
         default=False, metadata={"help": "Skip and count malformed responses instead of stopping at the first one."}
+    )
+    pack_examples: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack several examples into each row of max_length tokens; the mask keeps them apart. "
+            "(TRL's own --packing flattens rows padding-free, which loses the structure: the trainer refuses it.)"
+        },
     )
 
 
 @dataclass
 class MultiverseSFTConfig(SFTConfig):
-    """SFTConfig with `--output` for `--output_dir`, and bf16/gradient checkpointing off on machines without a
-    GPU (TRL turns both on by default; on CPU they only slow training down)."""
+    """SFTConfig with `--output` for `--output_dir`, the defaults `MultiverseSFTTrainer` needs (the structure
+    columns kept for the collator, TRL's dataset preparation skipped: `prepare_dataset` did it), and bf16 /
+    gradient checkpointing off on machines without a GPU (TRL turns both on by default; on CPU they only slow
+    training down)."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Where the trained model goes.", "aliases": ["--output"]})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the structure columns are not forward() arguments."}
+    )
+    dataset_kwargs: dict | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "Must keep skip_prepare_dataset=True: rows come from `prepare_dataset`."},
+    )
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when a GPU is present."})
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Gradient checkpointing; default: on when a GPU is present."}
