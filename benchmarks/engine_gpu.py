@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU (fp32): checks the script, not the GPU")
     parser.add_argument("--models", default=None, help="comma-separated subset of " + ", ".join(MODELS))
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,32; dry run 1,2)")
+    parser.add_argument("--workloads", default=None, help="only workloads whose name contains one of these (comma-separated)")
     parser.add_argument("--max-trace-tokens", type=int, default=3000, help="replay the shortest trace if it is at most this long")
     parser.add_argument("--out", default="benchmarks/engine_gpu", help="prefix of the .json, .png and .md written")
     args = parser.parse_args(argv)
@@ -264,11 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         if replays and len(replays[0][1].ids) <= args.max_trace_tokens:
             templates[f"trace:{replays[0][0]}"] = replays[0][1]
 
+    if args.workloads:
+        wanted = args.workloads.split(",")
+        templates = {name: t for name, t in templates.items() if any(w in name for w in wanted)}
     results = {}
     hardware = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
     for model_name, shape in shapes.items():
         model = build_model(shape, tokenizer, device, dtype)
-        measure(model, tokenizer, templates[next(iter(templates))], 1)  # warm-up: kernels, allocator
+        if device == "cuda":  # warm-up: kernels, allocator
+            measure(model, tokenizer, templates[next(iter(templates))], 1)
         for workload, template in templates.items():
             for batch in batches:
                 name = f"{model_name}|{workload}|{batch}"

@@ -196,6 +196,7 @@ def test_save_writes_custom_generate_and_remote_code_uses_it(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     assert (tmp_path / "custom_generate" / "generate.py").is_file()
     assert (tmp_path / "custom_generate" / "structure.py").is_file()
+    assert (tmp_path / "custom_generate" / "decode_attention.py").is_file()
     template = skeleton_template(tokenizer, SKELETONS["flat2_uneven"])
     enc = encode_prompts(tokenizer, ["hub"])
     kwargs = dict(

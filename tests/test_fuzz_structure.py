@@ -19,7 +19,6 @@ from tiny import tiny_tokenizer
 from modeling_multiverse import TAGS, StructureError, StructureParser, add_multiverse_tokens, dense_mask, parse_kinds
 from modeling_multiverse.generation import CLOSING, ENDING, FINISHING, FORKING, LIVE, MultiverseEngine, _Sequence
 from modeling_multiverse.structure import (
-    allowed_tags,
     CONCLUSION,
     CONCLUSION_END,
     GOAL,
@@ -33,6 +32,7 @@ from modeling_multiverse.structure import (
     TEXT,
     THINK,
     THINK_END,
+    allowed_tags,
     kinds_of_ids,
 )
 
