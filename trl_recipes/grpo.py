@@ -62,11 +62,11 @@ from trl.models.utils import unwrap_model_for_generation
 
 from evaluation.grading import KINDS, grade
 from modeling_multiverse import (
-    PARALLEL_INSTRUCTION,
     TAGS,
     MultiverseForCausalLM,
     StructureError,
     multiverse_attention_inputs,
+    parallel_user_turn,
     parse_ids,
     parse_text,
     tag_ids_from_tokenizer,
@@ -181,8 +181,8 @@ def load_problems(
     if "answer" not in columns or not ({"prompt", "question"} & columns):
         raise ValueError(f"dataset {source}: needs `answer` and `prompt` (or `question`) columns, has {sorted(columns)}")
     if "prompt" not in columns:
-        suffix = f" {PARALLEL_INSTRUCTION}" if parallel_prompt else ""
-        data = data.map(lambda row: {"prompt": [{"role": "user", "content": row["question"].strip() + suffix}]})
+        turn = parallel_user_turn if parallel_prompt else str.strip
+        data = data.map(lambda row: {"prompt": [{"role": "user", "content": turn(row["question"])}]})
     return data.map(lambda row: {"answer": str(row["answer"])})
 
 
