@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modeling_multiverse.generation import ENGINE_SDPA  # noqa: E402
+from modeling_multiverse.decode_attention import ENGINE_SDPA  # noqa: E402
 from multiverse.evaluate import _prompt_texts, load_records  # noqa: E402
 
 

@@ -2,19 +2,25 @@
 
 One KV cache row per prompt. Every forward pass feeds, for each prompt, the pending tokens of every
 live branch (usually one token per branch; a forced seed is fed as one chunk). Each token gets its
-SPEC 5 position id and an additive mask row that opens exactly the cache slots of its own ancestors,
-as in tree attention for speculative decoding. The mask is built from one boolean *visibility row*
-per branch, to which each step only appends columns. A fork copies the parent's row; a merge ORs the
-children's rows into the parent's, so the conclusion sees every path without recomputing anything.
+SPEC 5 position id and a mask row that opens exactly the cache columns of its own ancestors, as in
+tree attention for speculative decoding. The mask comes from a visibility table on the model's
+device (`decode_attention.VisibilityTable`, one row per branch) to which each step only writes its
+own columns: a fork copies the parent's row; a merge ORs the children's rows into the parent's, so
+the conclusion sees every path without recomputing anything. The KV cache grows in place.
 
-Life of a branch: LIVE (decoding) -> FORKING (its `</Goal>` is being fed) -> WAITING (children run)
--> LIVE again (conclusion) ... -> FINISHING (its `</Path>` is being fed) -> DONE.
+The loop (`MultiverseEngine.run`): pack the step's inputs from the engine state (`pack_step`; the
+first step is the prefill of the prompts) -> the model -> settle what was fed (forks, ends of paths,
+merges) -> schedule who samples -> choose tokens (one device-to-host copy) -> retire finished prompts.
+Life of a branch (`_transition` owns every change): LIVE -> FORKING (its `</Goal>` is being fed) ->
+WAITING (children run) -> LIVE again (conclusion) ... -> FINISHING (its `</Path>` is being fed) ->
+DONE; CLOSING/ENDING branches write forced closing items instead of sampling.
 
 Guards and misbehaviour (never a crash, never lost text):
-- Structure is constrained: a tag the grammar does not allow in a branch's current state (a stray
-  `<Path>`/`</Path>`, `</Goal>` before any outline, anything but `<Goal>` after `<Parallel>`, a second
-  `<Think>`) gets -inf before sampling. If a logits processor left nothing else, the best legal token
-  by the model's own logits is taken instead. So the output always parses.
+- Structure is constrained: a tag the grammar (`StructureParser.allowed_next`) does not allow in a
+  branch's current state (a stray `<Path>`/`</Path>`, `</Goal>` before any outline, anything but
+  `<Goal>` after `<Parallel>`, a second `<Think>`) gets -inf before sampling. If a logits processor
+  left nothing else, the best legal token by the model's own logits is taken instead. So the output
+  always parses.
 - `max_branches` caps the outlines of a goal: once reached, `<Outline>` is masked and the model must
   close the goal ("hundreds of outlines" become `max_branches` paths).
 - `max_depth` caps fork depth: a deeper block is still decoded with the SPEC 4/5 rules, but its paths
@@ -22,12 +28,16 @@ Guards and misbehaviour (never a crash, never lost text):
 - Outline labels are copied as written (duplicates and non-numeric labels included); an outline with
   no `LABEL:` gives its path the ordinal label ("3").
 - eos (or a stop string, or a user stopping criterion) inside a path ends that path: the branch closes
-  whatever it has open with forced tags, ending with `</Path>`. At top level inside an open block the
-  block is closed the same way, then eos ends the sequence.
+  whatever it has open with forced tags (`StructureParser.closing_items`), ending with `</Path>`. At
+  top level inside an open block the block is closed the same way, then eos ends the sequence.
 - `max_branch_tokens` per branch: the branch is closed the same way when it reaches the cap.
 - `max_new_tokens` counts every generated token of every branch, forced seeds included. When it runs
   out, all open branches are closed and merged without further forward passes: these closing tags
   (`closing_tokens` in the output) are the only tokens beyond the budget. Text is never dropped.
+  Buffers grow with use: a huge budget allocates nothing up front.
+- Arguments that would silently decode something else are refused with a ValueError: a non-finite or
+  negative temperature, top_p outside (0, 1], num_return_sequences > 1 without sampling, an empty
+  prompt. Without `tokenizer=`, the tokenizer beside the weights is loaded without remote code.
 
 Prompts are attended causally with positions 0..P-1; a prompt that ends inside a `<Parallel>` block
 is refused with a clear error. In a batch every row of the cache grows by the widest row's step, so
@@ -41,54 +51,45 @@ Example:
     >>> out.parallelism[0], out.blocks[0]  # doctest: +SKIP
     (1.9, [{'labels': ['1', '2'], 'branch_lengths': [60, 41], 'depth': 0, 'start': 12}])
 
-This file imports only torch, transformers, `.structure` and `.streaming`, so it ships with a checkpoint both as
-remote code and as `custom_generate/generate.py` (see `write_custom_generate`).
+This file imports only torch, transformers, `.structure`, `.decode_attention` and `.streaming`, so it
+ships with a checkpoint both as remote code and as `custom_generate/generate.py` (`write_custom_generate`).
 """
 
 from __future__ import annotations
 
+import math
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import (
-    AttentionInterface,
     AutoTokenizer,
-    DynamicCache,
     GenerationMixin,
     LogitsProcessorList,
+    MinPLogitsWarper,
     StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
 from transformers.generation.stopping_criteria import StopStringCriteria
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import ModelOutput
 
+from .decode_attention import EngineCache, VisibilityTable, engine_attention
+from .streaming import GenerationStream
 from .structure import (
-    CONCLUSION,
-    CONCLUSION_END,
     CONCLUSION_SEED,
-    GOAL,
-    GOAL_END,
-    OUTLINE,
-    OUTLINE_END,
-    PARALLEL,
-    PARALLEL_END,
-    PATH,
-    PATH_END,
+    LABEL_WINDOW,
     TAGS,
     TEXT,
-    THINK,
-    THINK_END,
     StructureParser,
     allowed_tags,
     parse_ids,
     path_seed,
+    read_label,
     tag_ids_from_tokenizer,
 )
-from .streaming import GenerationStream
 
 ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 8, "max_branch_tokens": 2048}
 """Engine options, read from `generate(...)` kwargs, else from `generation_config` attributes, else here:
@@ -97,9 +98,20 @@ ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 8, "max_branch_tokens": 2048}
 - `max_branch_tokens`: most tokens one path may write itself (its nested paths count on their own).
 """
 
-LIVE, FORKING, WAITING, FINISHING, DONE = range(5)
+# Branch states (SPEC 6). `MultiverseEngine._transition` is the only code that changes them.
+LIVE = "live"  # samples its next token
+CLOSING = "closing"  # writes the items that close what it has open instead of sampling (eos, a stop, a cap, the budget)
+ENDING = "ending"  # CLOSING, then eos: the root after an eos inside a block
+FORKING = "forking"  # its `</Goal>` is pending: it forks once that is fed
+WAITING = "waiting"  # its paths are being written; then it resumes as it was (LIVE, CLOSING or ENDING)
+FINISHING = "finishing"  # its `</Path>` is pending: done once that is fed
+DONE = "done"
+
 _FORCED = float("nan")  # `token_logprobs` of a token the engine wrote without sampling it
-_LABEL_CHARS = 16  # longer "labels" are prose, not labels: the path gets its ordinal instead
+
+# Prompt states
+DECODING = "decoding"
+FINALIZING = "finalizing"  # the budget ran out: open branches are closed and merged without forward passes
 
 
 @dataclass
@@ -135,8 +147,8 @@ class MultiverseGenerateOutput(ModelOutput):
 class _Branch:
     """One path being written (or the root). `view` is what it sees, in logical order, prompt first."""
 
-    def __init__(self, slot: int, parent, view: list[int], parser: StructureParser, position: int, depth: int):
-        self.slot = slot  # its row in the sequence's visibility table
+    def __init__(self, slot: int, parent, view: list[int], parser: StructureParser, position: int, depth: int, state: str):
+        self.slot = slot  # its row in the visibility table
         self.parent = parent
         self.view = view
         self.logprobs = [_FORCED] * len(view)  # per token of `view`: its sampled log-probability (token_logprobs)
@@ -146,10 +158,9 @@ class _Branch:
         self.position = position  # SPEC 5 position id of the next token fed
         self.depth = depth  # forks above it
         self.pending: list[int] = []  # appended to `view`, not yet in the KV cache
-        self.state = LIVE
-        self.closing = False  # writes forced closing tags instead of sampling
-        self.eos_at_end = False
-        self.logits: torch.Tensor | None = None  # next-token logits after its last fed token
+        self.state = state
+        self.resume = LIVE  # the state it returns to after a merge
+        self.logits_row = -1  # its row in the engine's `logits` of the last step
         self.labels: list[str] = []  # of the block it forked
         self.children: list[_Branch] = []
         self.p0 = 0  # position of the first token of each of its paths
@@ -157,39 +168,91 @@ class _Branch:
 
 
 class _Sequence:
-    """One prompt: its branches, their visibility rows over the cache, and its counters."""
+    """One prompt: its branches (slot 0 is padding's), its counters, and the visibility changes to apply."""
 
-    def __init__(self, row: int, prompt: list[int], parser: StructureParser, capacity: int):
+    def __init__(self, row: int, prompt: list[int], parser: StructureParser):
         self.row = row  # in the batch as given (streams report it)
         self.prompt_length = len(prompt)
-        self.visible = torch.zeros(4, capacity, dtype=torch.bool)
         self.branches: list[_Branch] = []
-        self.root = self.new_branch(None, list(prompt), parser, 0, 0)
+        self.visibility_ops: list[tuple[str, int, int]] = []  # ("copy" | "merge", dst slot, src slot)
+        self.root = self.new_branch(None, list(prompt), parser, 0, 0, LIVE)
         self.root.base = 1
         self.root.pending = list(prompt)
+        self.state = DECODING
         self.generated = 0
         self.closing_tokens = 0
         self.steps = 0
-        self.finalizing = False
 
-    def new_branch(self, parent, view, parser, position, depth) -> _Branch:
-        slot = len(self.branches)
-        if slot == self.visible.shape[0]:
-            self.visible = torch.cat([self.visible, torch.zeros_like(self.visible)])
+    def new_branch(self, parent, view, parser, position, depth, state) -> _Branch:
+        branch = _Branch(len(self.branches) + 1, parent, view, parser, position, depth, state)
         if parent is not None:
-            self.visible[slot] = self.visible[parent.slot]
-        branch = _Branch(slot, parent, view, parser, position, depth)
+            self.visibility_ops.append(("copy", branch.slot, parent.slot))
         self.branches.append(branch)
         return branch
 
-    def ensure_width(self, width: int) -> None:
-        if width > self.visible.shape[1]:
-            grow = max(width, 2 * self.visible.shape[1]) - self.visible.shape[1]
-            self.visible = torch.cat([self.visible, self.visible.new_zeros(self.visible.shape[0], grow)], 1)
+    @property
+    def finalizing(self) -> bool:
+        return self.state == FINALIZING
 
     @property
     def done(self) -> bool:
         return self.root.state == DONE
+
+
+@dataclass
+class StepInputs:
+    """One forward pass, packed by `pack_step` from the engine state (which packing does not change).
+
+    Query q of row b feeds `ids[0, b, q]` at SPEC 5 position `ids[1, b, q]` for branch slot
+    `ids[2, b, q]` into cache column `start + q`; padding queries use slot 0. Logits are kept at the
+    queries `keep` (the last token fed by each branch that samples next); `samplers` says which.
+    """
+
+    ids: torch.Tensor  # [3, B, W] long: token ids, position ids, branch slots
+    keep: torch.Tensor  # [K] long: query indices whose logits the model computes
+    sample_rows: torch.Tensor  # [N] long: row of each sampling branch
+    sample_columns: torch.Tensor  # [N] long: index into `keep` of its last query
+    start: int
+    fed: list[list[_Branch]]  # per row, the branches fed, in query order
+    samplers: list[_Branch]  # in `sample_rows` order
+
+
+def pack_step(rows: list[_Sequence], start: int, pad_id: int) -> StepInputs | None:
+    """The inputs of the next forward pass: every pending token of every row; None when nothing is pending."""
+    fed = [[b for b in seq.branches if b.pending] for seq in rows]
+    width = max((sum(len(b.pending) for b in branches) for branches in fed), default=0)
+    if width == 0:
+        return None
+    ids, positions, slots = [], [], []
+    last_queries: list[tuple[_Branch, int, int]] = []  # (branch, row, query)
+    for row, branches in enumerate(fed):
+        row_ids, row_positions, row_slots = [], [], []
+        for branch in branches:
+            n = len(branch.pending)
+            row_ids += branch.pending
+            row_positions += range(branch.position, branch.position + n)
+            row_slots += [branch.slot] * n
+            if branch.state == LIVE:
+                last_queries.append((branch, row, len(row_ids) - 1))
+        pad = width - len(row_ids)
+        ids.append(row_ids + [pad_id] * pad)
+        positions.append(row_positions + [0] * pad)
+        slots.append(row_slots + [0] * pad)
+    keep = sorted({q for _, _, q in last_queries}) or [width - 1]
+    column = {q: i for i, q in enumerate(keep)}
+    return StepInputs(
+        ids=torch.tensor([ids, positions, slots], dtype=torch.long),
+        keep=torch.tensor(keep, dtype=torch.long),
+        sample_rows=torch.tensor([row for _, row, _ in last_queries], dtype=torch.long),
+        sample_columns=torch.tensor([column[q] for _, _, q in last_queries], dtype=torch.long),
+        start=start,
+        fed=fed,
+        samplers=[branch for branch, _, _ in last_queries],
+    )
+
+
+# processors that read only the scores: the branches' token histories need not be built for them
+_SCORE_ONLY = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper)
 
 
 class MultiverseEngine:
@@ -216,10 +279,13 @@ class MultiverseEngine:
         pad = generation_config._pad_token_tensor
         self.pad_id = int(pad) if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
         self.conclusion_seed = self._encode(CONCLUSION_SEED)
-        self.parallel_end = self._encode(f"\n{TAGS[PARALLEL_END]}")
         self.seeds: dict[str, list[int]] = {}
+        self.needs_history = bool(stopping_criteria) or any(not isinstance(p, _SCORE_ONLY) for p in processors or [])
+        self.max_new_tokens = 0
         self.cache = None
         self.cache_length = 0
+        self.visibility: VisibilityTable | None = None
+        self.logits: torch.Tensor | None = None  # [N, V] next-token logits of the last step's samplers
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -227,12 +293,157 @@ class MultiverseEngine:
     def _kind(self, token: int) -> int:
         return self.tag_of_id.get(token, TEXT)
 
-    # -- appending tokens to a branch ----------------------------------------------------------
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, prompts: list[list[int]], max_new_tokens: int) -> list[_Sequence]:
+        """Decode until every prompt is done. The first step feeds the prompts (the prefill)."""
+        self.seqs = self._start(prompts, max_new_tokens)
+        self.rows = list(self.seqs)  # the prompts still in the cache, one row each, in cache order
+        while (step := pack_step(self.rows, self.cache_length, self.pad_id)) is not None:
+            self._forward(step)  # the model, over every pending token of every row
+            self._settle_fed(step)  # forks, ends of paths, merges
+            todo = self._schedule()  # who samples; closing branches write their forced items
+            if todo:
+                self._choose(todo)  # processors, grammar, sampling: one device-to-host copy
+            self._retire()  # a spent budget closes what is open; finished prompts leave the batch
+        self.stream.end()  # streaming hook: the rest is final
+        return self.seqs
+
+    def _start(self, prompts: list[list[int]], max_new_tokens: int) -> list[_Sequence]:
+        seqs = []
+        for row, prompt in enumerate(prompts):
+            parser = StructureParser(partial=True)
+            for i, token in enumerate(prompt):
+                parser.feed(self._kind(token), i)
+            if parser.depth:
+                raise ValueError(
+                    f"prompt {row} ends inside a <Parallel> block ({' '.join(TAGS[f.kind] for f in parser.stack[1:])} "
+                    "still open): the engine starts from a prompt outside any block"
+                )
+            seqs.append(_Sequence(row, prompt, parser))
+            self.stream.open(row, seqs[-1].root)  # streaming hook
+        self.max_new_tokens = max_new_tokens
+        # buffers fit the request when it is moderate, else grow with use: never sized by the budget alone
+        widest = max(len(p) for p in prompts)
+        expected = widest + max_new_tokens + 64
+        reserve = min(expected, widest + 512)
+        device = self.model.device
+        self.cache = EngineCache(self.model.config.get_text_config().num_hidden_layers, reserve, limit=expected)
+        self.cache_length = 0
+        self.visibility = VisibilityTable(len(seqs), 4, reserve, device, limit=expected)
+        return seqs
+
+    def _forward(self, step: StepInputs) -> None:
+        """One forward pass. Host to device: the packed step only; the mask is built on the device."""
+        device = self.model.device
+        ids, positions, slots = step.ids.to(device, non_blocking=True)
+        width = ids.shape[1]
+        self.visibility.ensure(max(len(s.branches) for s in self.rows) + 1, step.start + width)
+        for row, seq in enumerate(self.rows):  # forks and merges since the last step
+            for op, dst, src in seq.visibility_ops:
+                (self.visibility.copy if op == "copy" else self.visibility.merge)(row, dst, src)
+            seq.visibility_ops.clear()
+        self.visibility.write(slots, step.start)
+        outputs = self.model(
+            input_ids=ids,
+            attention_mask=self.visibility.mask(slots, step.start, self.model.dtype),
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=step.keep.to(device, non_blocking=True),
+        )
+        self.cache_length = step.start + width
+        rows, columns = step.sample_rows.to(device, non_blocking=True), step.sample_columns.to(device, non_blocking=True)
+        self.logits = outputs.logits[rows, columns].float()
+        for i, branch in enumerate(step.samplers):
+            branch.logits_row = i
+
+    def _settle_fed(self, step: StepInputs) -> None:
+        for seq, branches in zip(self.rows, step.fed):
+            for branch in branches:
+                branch.position += len(branch.pending)
+            if branches:
+                seq.steps += 1
+            for branch in branches:
+                self._transition(seq, branch, "fed")
+
+    def _schedule(self) -> list[tuple[_Sequence, _Branch]]:
+        """The branches that sample this step, within each prompt's budget; closing ones write their items."""
+        todo = []
+        for seq in self.rows:
+            if seq.state != DECODING:
+                continue
+            sampling = 0
+            for branch in list(seq.branches):
+                if branch.pending:
+                    continue
+                if branch.state in (CLOSING, ENDING):
+                    self._close(seq, branch)
+                elif branch.state == LIVE:
+                    if seq.generated + sampling < self.max_new_tokens:
+                        todo.append((seq, branch))
+                        sampling += 1
+                    else:
+                        seq.state = FINALIZING
+        return todo
+
+    def _retire(self) -> None:
+        for seq in self.rows:
+            if not seq.done and (seq.finalizing or seq.generated >= self.max_new_tokens):
+                self._finalize(seq)
+        if any(seq.done for seq in self.rows) and self.cache_length:
+            keep = [row for row, seq in enumerate(self.rows) if not seq.done]
+            index = torch.tensor(keep, dtype=torch.long, device=self.model.device)
+            self.cache.batch_select_indices(index)
+            self.visibility.select_rows(index)
+            self.rows = [self.rows[row] for row in keep]
+
+    # -- branch states -------------------------------------------------------------------------
+    def _transition(self, seq: _Sequence, branch: _Branch, event: str) -> None:
+        """Every change of a branch's state. Events:
+        - "wrote": tokens were appended: a closed goal makes it FORKING, its closed own path FINISHING;
+        - "fed": its pending tokens went through the model (or were dropped at finalizing): FORKING forks,
+          FINISHING is DONE (the last path of a block merges it);
+        - "stop": a stop criterion or `max_branch_tokens`: LIVE -> CLOSING;
+        - "eos": at top level the root is DONE; inside a block the root is ENDING, a path CLOSING;
+        - "closed": nothing is open any more (the root): DONE, after eos if ENDING;
+        - "out of budget": every branch closes: LIVE -> CLOSING, and WAITING ones resume CLOSING.
+        """
+        state = branch.state
+        if event == "wrote":
+            if branch.parser.expects_fork:
+                branch.resume, branch.state = state, FORKING
+            elif branch.parent is not None and len(branch.parser.stack) < branch.base:
+                branch.state = FINISHING
+        elif event == "fed":
+            branch.pending = []
+            if state == FORKING:
+                self._fork(seq, branch)
+            elif state == FINISHING:
+                branch.state = DONE
+                self.stream.done(seq.row, branch, seq.generated, seq.steps)  # streaming hook
+                self._child_done(seq, branch.parent)
+        elif event == "stop":
+            branch.state = CLOSING
+        elif event == "eos":
+            if branch.parent is None and len(branch.parser.stack) == 1:
+                branch.state = DONE
+            else:
+                branch.state = ENDING if branch.parent is None else CLOSING
+        elif event == "closed":
+            if state == ENDING:
+                self._append(seq, branch, [min(self.eos_ids)])
+            branch.state = DONE
+        elif event == "out of budget":
+            if state == LIVE:
+                branch.state = CLOSING
+            elif branch.resume == LIVE:
+                branch.resume = CLOSING
+
     def _append(self, seq: _Sequence, branch: _Branch, tokens: list[int], logprobs: list[float] | None = None) -> None:
         """Add tokens to a branch's view and parser; they are fed to the model in the next step.
         `logprobs` are those of sampled tokens; without them the tokens count as forced."""
         if not seq.finalizing and seq.generated + len(tokens) > self.max_new_tokens:
-            seq.finalizing = True  # forced tokens that do not fit: from here on only closing tags
+            seq.state = FINALIZING  # forced tokens that do not fit: from here on only closing items
         for token in tokens:
             branch.parser.feed(self._kind(token), len(branch.view))
             branch.view.append(token)
@@ -245,29 +456,17 @@ class MultiverseEngine:
             seq.generated += len(tokens)
         self.stream.tokens(seq.row, branch, tokens, seq.generated, seq.steps)  # streaming hook
 
-    def _after_token(self, branch: _Branch) -> None:
-        """Move to FORKING / FINISHING when the last token closed a goal or the branch's own path."""
-        if branch.parser.expects_fork:
-            branch.state = FORKING
-        elif branch.parent is not None and len(branch.parser.stack) < branch.base:
-            branch.state = FINISHING
-
     def _label(self, view: list[int], outline, k: int) -> str:
-        """The label written in an outline ("1", "2.1", or whatever precedes ':'), else the ordinal."""
+        """The label written in an outline ("1", "2.1", or whatever short text precedes ':'), else the ordinal."""
         end = outline.close if outline.close is not None else len(view)
-        text = self.tokenizer.decode(view[outline.open + 1 : end][:_LABEL_CHARS * 2])
-        head, colon, _ = text.partition(":")
-        label = head.strip()
-        if not colon or not label or len(label) > _LABEL_CHARS or "\n" in label:
-            return str(k + 1)
-        return label
+        text = self.tokenizer.decode(view[outline.open + 1 : min(end, outline.open + 1 + LABEL_WINDOW)])
+        return read_label(text, strict=False) or str(k + 1)
 
     def _seed(self, label: str) -> list[int]:
         if label not in self.seeds:
             self.seeds[label] = self._encode(path_seed(label))
         return self.seeds[label]
 
-    # -- fork, merge, close ----------------------------------------------------------------------
     def _fork(self, seq: _Sequence, branch: _Branch) -> None:
         block = branch.parser.current_block
         branch.labels = [self._label(branch.view, o, k) for k, o in enumerate(block.outlines)]
@@ -280,9 +479,11 @@ class MultiverseEngine:
 
     def _start_child(self, seq: _Sequence, parent: _Branch) -> None:
         label = parent.labels[len(parent.children)]
-        child = seq.new_branch(parent, list(parent.view), parent.parser.copy(), parent.p0, parent.depth + 1)
+        closing = parent.resume != LIVE or seq.finalizing
+        child = seq.new_branch(
+            parent, list(parent.view), parent.parser.copy(), parent.p0, parent.depth + 1, CLOSING if closing else LIVE
+        )
         child.logprobs = list(parent.logprobs)
-        child.closing = parent.closing or seq.finalizing
         parent.children.append(child)
         self.stream.open(seq.row, child, parent, label)  # streaming hook
         self._append(seq, child, self._seed(label))
@@ -302,86 +503,61 @@ class MultiverseEngine:
                 parent.parser.feed(self._kind(token), len(parent.view))
                 parent.view.append(token)
             parent.logprobs.extend(child.logprobs[child.own_start :])
-            seq.visible[parent.slot] |= seq.visible[child.slot]
+            seq.visibility_ops.append(("merge", parent.slot, child.slot))
         parent.position = max(c.position for c in parent.children)
         parent.children = []
-        parent.state = LIVE
+        parent.state = parent.resume
         self._append(seq, parent, self.conclusion_seed)
 
-    def _close_step(self, seq: _Sequence, branch: _Branch) -> None:
-        """Write the forced tags that close what the branch has open, up to a fork or its end."""
-        while branch.state == LIVE:
-            top = branch.parser.stack[-1]
-            if top.kind == OUTLINE:
-                self._append(seq, branch, [self.tag_ids[TAGS[OUTLINE_END]]])
-            elif top.kind == GOAL:
-                if not top.node.outlines:
-                    self._append(seq, branch, [self.tag_ids[TAGS[OUTLINE]], *self._encode("1:"), self.tag_ids[TAGS[OUTLINE_END]]])
-                self._append(seq, branch, [self.tag_ids[TAGS[GOAL_END]]])
-            elif top.kind == PARALLEL and top.phase == "goal":
-                self._append(seq, branch, [self.tag_ids[TAGS[GOAL]]])
-            elif top.kind == PARALLEL:  # phase "end": the conclusion is closed
-                self._append(seq, branch, self.parallel_end)
-            elif top.kind == CONCLUSION:
-                self._append(seq, branch, [self.tag_ids[TAGS[CONCLUSION_END]]])
-            elif top.kind == PATH:
-                self._append(seq, branch, [self.tag_ids[TAGS[PATH_END]]])
-            else:  # the root, back at top level
-                if branch.eos_at_end:
-                    self._append(seq, branch, [min(self.eos_ids)])
-                branch.state = DONE
+    def _close(self, seq: _Sequence, branch: _Branch) -> None:
+        """Write the forced items that close what the branch has open, up to a fork or its end."""
+        while branch.state in (CLOSING, ENDING):
+            items = branch.parser.closing_items()
+            if not items:  # the root, back at top level
+                self._transition(seq, branch, "closed")
                 return
-            self._after_token(branch)
-
-    def _settle(self, seq: _Sequence, branch: _Branch) -> None:
-        """State change of a branch whose pending tokens were just fed (or, finalizing, dropped)."""
-        branch.pending = []
-        if branch.state == FORKING:
-            self._fork(seq, branch)
-        elif branch.state == FINISHING:
-            branch.state = DONE
-            self.stream.done(seq.row, branch, seq.generated, seq.steps)  # streaming hook
-            self._child_done(seq, branch.parent)
+            for item in items:
+                self._append(seq, branch, self._encode(item) if isinstance(item, str) else [self.tag_ids[TAGS[item]]])
+            self._transition(seq, branch, "wrote")
 
     def _finalize(self, seq: _Sequence) -> None:
         """The budget ran out: close and merge every open branch without more forward passes."""
-        seq.finalizing = True
+        seq.state = FINALIZING
         for branch in seq.branches:
-            branch.closing = True
+            self._transition(seq, branch, "out of budget")
         for _ in range(10 * len(seq.root.view) + 1000):
             if seq.done:
                 return
             for branch in list(seq.branches):
                 if branch.pending or branch.state in (FORKING, FINISHING):
-                    self._settle(seq, branch)
+                    self._transition(seq, branch, "fed")
             for branch in list(seq.branches):
-                if branch.state == LIVE and not branch.pending:
-                    self._close_step(seq, branch)
+                if branch.state in (CLOSING, ENDING) and not branch.pending:
+                    self._close(seq, branch)
         raise RuntimeError("internal error: the Multiverse engine could not close the sequence")
 
     # -- choosing tokens --------------------------------------------------------------------------
-    def _views(self, branches: list[_Branch]) -> torch.LongTensor:
+    def _histories(self, branches: list[_Branch]) -> torch.LongTensor:
         """Each branch's view as one left-padded row, the input standard logits processors expect."""
+        if not self.needs_history:  # every processor reads only the scores
+            return torch.full((len(branches), 1), self.pad_id, dtype=torch.long)
         width = max(len(b.view) for b in branches)
-        rows = torch.full((len(branches), width), self.pad_id, dtype=torch.long)
-        for i, b in enumerate(branches):
-            rows[i, width - len(b.view) :] = torch.tensor(b.view, dtype=torch.long)
-        return rows
+        return torch.tensor([[self.pad_id] * (width - len(b.view)) + b.view for b in branches], dtype=torch.long)
 
-    def _sample(self, todo: list[tuple[_Sequence, _Branch]]) -> None:
+    def _choose(self, todo: list[tuple[_Sequence, _Branch]]) -> None:
+        """Sample (or take the argmax of) one token per branch, under the grammar, then accept it."""
         branches = [b for _, b in todo]
-        raw = torch.stack([b.logits for b in branches])
-        views = self._views(branches)
-        scores = self.processors(views.to(raw.device), raw.clone())
-        forbidden = torch.stack([~allowed_tags(b.parser, self.max_branches) for b in branches])  # [N, 12]
-        rows, cols = torch.nonzero(forbidden, as_tuple=True)
-        tag_columns = self.tag_tensor.to(raw.device)[cols]
-        scores[rows.to(raw.device), tag_columns] = -float("inf")
-        dead = ~(scores.amax(-1) > -float("inf"))  # all -inf, or NaN: one reduction over the vocabulary
-        if bool(dead.any()):  # a processor left only illegal tokens: best legal token by the model
-            fallback = raw.clone()
-            fallback[rows.to(raw.device), tag_columns] = -float("inf")
-            scores[dead] = fallback[dead]
+        raw = self.logits[torch.tensor([b.logits_row for b in branches], device=self.logits.device)]
+        device = raw.device
+        histories = self._histories(branches)
+        scores = self.processors(histories.to(device), raw.clone()) if self.processors else raw.clone()
+        forbidden = torch.stack([~allowed_tags(b.parser, self.max_branches) for b in branches]).to(device)  # [N, 12]
+        illegal = torch.zeros_like(scores, dtype=torch.bool)
+        illegal[:, self.tag_tensor.to(device)] = forbidden
+        scores.masked_fill_(illegal, -float("inf"))
+        # a processor that left only illegal tokens (or NaN): the best legal token by the model's own logits
+        dead = ~(scores.amax(-1, keepdim=True) > -float("inf"))
+        scores = torch.where(dead, raw.masked_fill(illegal, -float("inf")), scores)
         if self.config.do_sample:
             tokens = torch.multinomial(torch.softmax(scores.float(), -1), 1).squeeze(1)
         else:
@@ -390,187 +566,30 @@ class MultiverseEngine:
         if self.config.output_scores:  # token_logprobs: the sampled token under the distribution it came from
             chosen = torch.log_softmax(scores.float(), -1).gather(1, tokens[:, None]).squeeze(1)
             logprobs = [[value] for value in chosen.tolist()]
-        tokens = tokens.tolist()
+        tokens = tokens.tolist()  # the step's one device-to-host copy (two with output_scores)
         stop = [False] * len(branches)
         if self.stopping:
-            extended = torch.cat([views, torch.tensor(tokens)[:, None]], 1).to(raw.device)
+            extended = torch.cat([histories, torch.tensor(tokens)[:, None]], 1).to(device)
             stop = self.stopping(extended, scores).tolist()
         for (seq, branch), token, logprob, stopped in zip(todo, tokens, logprobs, stop):
             self._accept(seq, branch, token, stopped, logprob)
 
     def _accept(self, seq: _Sequence, branch: _Branch, token: int, stopped: bool, logprob: list[float] | None = None) -> None:
         if token in self.eos_ids:
-            if branch.parent is None and len(branch.parser.stack) == 1:
+            self._transition(seq, branch, "eos")
+            if branch.state == DONE:
                 self._append(seq, branch, [token], logprob)
-                branch.state = DONE
             else:  # eos inside a block ends the path (or closes the block, then ends the sequence)
-                branch.closing = True
-                branch.eos_at_end = branch.parent is None
-                self._close_step(seq, branch)
+                self._close(seq, branch)
             return
         self._append(seq, branch, [token], logprob)
-        self._after_token(branch)
+        self._transition(seq, branch, "wrote")
         if branch.state != LIVE:
             return
         capped = self.max_branch_tokens is not None and branch.written >= self.max_branch_tokens
         if stopped or (branch.parent is not None and capped):
-            branch.closing = True
-            self._close_step(seq, branch)
-
-    # -- the forward pass --------------------------------------------------------------------------
-    def _forward(self, seqs: list[_Sequence]) -> bool:
-        """Feed every pending token of every sequence in one forward pass; False if nothing was pending."""
-        device = self.model.device
-        fed = [[b for b in s.branches if b.pending and not s.done] for s in seqs]
-        widths = [sum(len(b.pending) for b in f) for f in fed]
-        width = max(widths)
-        if width == 0:
-            return False
-        start = self.cache_length
-        total = start + width
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        position_ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        allowed = torch.zeros(len(seqs), width, total, dtype=torch.bool)
-        last_query: dict[int, tuple[int, int]] = {}  # id(branch) -> (row, query index)
-        for row, (seq, branches) in enumerate(zip(seqs, fed)):
-            seq.ensure_width(total)
-            q = 0
-            for branch in branches:
-                n = len(branch.pending)
-                input_ids[row, q : q + n] = torch.tensor(branch.pending)
-                position_ids[row, q : q + n] = torch.arange(branch.position, branch.position + n)
-                seq.visible[branch.slot, start + q : start + q + n] = True
-                branch.position += n
-                q += n
-                if branch.state == LIVE and not branch.closing:
-                    last_query[id(branch)] = (row, q - 1)
-            q = 0
-            for branch in branches:  # after all columns are set: rows see their own new tokens
-                n = len(branch.pending)
-                allowed[row, q : q + n] = seq.visible[branch.slot, :total]
-                q += n
-            if q:
-                seq.steps += 1
-            pad = torch.arange(q, width)
-            allowed[row, pad, start + pad] = True  # padding queries see themselves only (no empty rows)
-        causal = torch.arange(total)[None, :] <= (start + torch.arange(width))[:, None]
-        allowed &= causal
-        dtype = self.model.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        # logits are needed only at the last token of a chunk of a branch that samples next
-        wanted = sorted({q for _, q in last_query.values()}) or [width - 1]
-        keep = torch.tensor(wanted, dtype=torch.long)
-        outputs = self.model(
-            input_ids=input_ids.to(device),
-            attention_mask=mask[:, None].to(device),
-            position_ids=position_ids.to(device),
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=keep.to(device),
-        )
-        self.cache = outputs.cache if getattr(outputs, "cache", None) is not None else outputs.past_key_values
-        self.cache_length = total
-        column = {q: i for i, q in enumerate(wanted)}
-        logits = outputs.logits.float()
-        for seq, branches in zip(seqs, fed):
-            for branch in branches:
-                if id(branch) in last_query:
-                    row, q = last_query[id(branch)]
-                    branch.logits = logits[row, column[q]]
-                self._settle(seq, branch)
-        return True
-
-    def run(self, prompts: list[list[int]], max_new_tokens: int) -> list[_Sequence]:
-        seqs = []
-        for row, prompt in enumerate(prompts):
-            parser = StructureParser(partial=True)
-            for i, token in enumerate(prompt):
-                parser.feed(self._kind(token), i)
-            if parser.depth:
-                raise ValueError(
-                    f"prompt {row} ends inside a <Parallel> block ({' '.join(TAGS[f.kind] for f in parser.stack[1:])} "
-                    "still open): the engine starts from a prompt outside any block"
-                )
-            seqs.append(_Sequence(row, prompt, parser, len(prompt) + max_new_tokens + 64))
-            self.stream.open(row, seqs[-1].root)  # streaming hook
-        self.max_new_tokens = max_new_tokens
-        self.cache = DynamicCache(config=self.model.config)
-        self.cache_length = 0
-        rows = list(seqs)  # the prompts in the cache, one row each, in cache order
-        while True:
-            todo = []
-            for seq in seqs:
-                if seq.done or seq.finalizing:
-                    continue
-                waiting = len(todo)
-                for branch in list(seq.branches):
-                    if branch.state != LIVE or branch.pending:
-                        continue
-                    if branch.closing:
-                        self._close_step(seq, branch)
-                    elif seq.generated + len(todo) - waiting < max_new_tokens:
-                        todo.append((seq, branch))
-                    else:
-                        seq.finalizing = True
-            if todo:  # one batched call to the processors for every branch of every prompt
-                self._sample(todo)
-            for seq in seqs:
-                if not seq.done and (seq.finalizing or seq.generated >= max_new_tokens):
-                    self._finalize(seq)
-            if any(seq.done for seq in rows) and self.cache_length:
-                # a finished prompt leaves the batch: later steps compute only the rows still decoding
-                keep = [row for row, seq in enumerate(rows) if not seq.done]
-                self.cache.batch_select_indices(torch.tensor(keep, dtype=torch.long, device=self.model.device))
-                rows = [rows[row] for row in keep]
-            if not rows or not self._forward(rows):
-                break
-        self.stream.end()  # streaming hook: the rest is final
-        return seqs
-
-
-# ---------------------------------------------------------------------------------------------
-# Attention for decoding steps
-
-ENGINE_SDPA = "multiverse_engine_sdpa"
-"""The attention implementation the engine switches an `sdpa` model to while it decodes."""
-
-
-def grouped_query_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """sdpa for an engine step: several queries per row under one mask shared by all heads.
-
-    transformers' sdpa copies K and V once per query head (`repeat_kv`) whenever a step has more
-    than one query and a mask, which on CPU costs as much as the attention itself. Here the queries
-    of the heads that share a key/value head are stacked along the query axis instead, so attention
-    runs on the cached K and V as they are; the mask rows repeat once per stacked head (q x k, small).
-    """
-    groups = getattr(module, "num_key_value_groups", 1)
-    batch, heads, q_len, head_dim = query.shape
-    if groups == 1 or q_len == 1 or attention_mask is None or attention_mask.shape[1] != 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
-    stacked = query.reshape(batch, heads // groups, groups * q_len, head_dim)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        stacked, key, value, attn_mask=attention_mask.repeat(1, 1, groups, 1), scale=scaling
-    )
-    return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous(), None
-
-
-AttentionInterface.register(ENGINE_SDPA, grouped_query_sdpa)
-AttentionMaskInterface.register(ENGINE_SDPA, sdpa_mask)
-
-
-@contextmanager
-def _engine_attention(model):
-    """Decode with `grouped_query_sdpa` when the model runs sdpa; anything else is left as it is."""
-    config = model.get_decoder().config
-    if config._attn_implementation != "sdpa":
-        yield
-        return
-    config._attn_implementation = ENGINE_SDPA
-    try:
-        yield
-    finally:
-        config._attn_implementation = "sdpa"
+            self._transition(seq, branch, "stop")
+            self._close(seq, branch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -580,6 +599,7 @@ _TOKENIZERS: dict[str, object] = {}
 
 
 def _tokenizer_for(model, tokenizer):
+    """The tokenizer given, else the one saved beside the weights, loaded without running remote code."""
     if tokenizer is not None:
         return tokenizer
     source = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
@@ -589,9 +609,41 @@ def _tokenizer_for(model, tokenizer):
             "pass generate(..., tokenizer=tokenizer) or load the model from a folder that has one"
         )
     if source not in _TOKENIZERS:
+        # never trust_remote_code here (a prompt would wait in a terminal, and code would run unasked);
         # config= keeps AutoTokenizer from reloading the config, which would ask to trust remote code
-        _TOKENIZERS[source] = AutoTokenizer.from_pretrained(source, config=model.config)
+        try:
+            _TOKENIZERS[source] = AutoTokenizer.from_pretrained(source, config=model.config, trust_remote_code=False)
+        except Exception as err:  # noqa: BLE001 - any failure to load means: pass the tokenizer explicitly
+            raise ValueError(
+                f"the Multiverse engine could not load the tokenizer of {source!r} without remote code "
+                f"({type(err).__name__}); pass generate(..., tokenizer=tokenizer)"
+            ) from None
     return _TOKENIZERS[source]
+
+
+def _check_sampling(config) -> None:
+    """Refuse sampling settings that would silently decode something else."""
+    temperature, top_p, top_k = config.temperature, config.top_p, config.top_k
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if config.do_sample and temperature == 0:
+        raise ValueError("temperature=0 with do_sample=True is greedy decoding: pass do_sample=False instead")
+    if top_p is not None and not (0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 0):
+        raise ValueError(f"top_k must be an integer >= 0, got {top_k}")
+
+
+def _new_token_budget(config, prompt_length: int) -> int:
+    if config.max_new_tokens is not None:
+        budget = config.max_new_tokens
+    else:
+        budget = max(0, (config.max_length or prompt_length + 20) - prompt_length)
+    if isinstance(budget, float) and budget.is_integer():
+        budget = int(budget)
+    if not isinstance(budget, int) or budget < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {budget!r}")
+    return budget
 
 
 def multiverse_generate(
@@ -606,10 +658,10 @@ def multiverse_generate(
     """Fork/merge decoding (SPEC 6) with transformers' generation config, processors and warpers.
 
     Greedy or sampling (`do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`, ...),
-    `eos_token_id`, `stop_strings`, `max_new_tokens`, plus the engine options of `ENGINE_DEFAULTS`.
-    Returns `sequences` (prompt + canonical response), or a `MultiverseGenerateOutput`.
-    `streamer` (put/end, one prompt) receives the canonical response as it becomes final;
-    `branch_callback` receives a `BranchEvent` as each branch advances (see `streaming.py`).
+    `num_return_sequences` (sampling), `eos_token_id`, `stop_strings`, `max_new_tokens`, plus the
+    engine options of `ENGINE_DEFAULTS`. Returns `sequences` (prompt + canonical response), or a
+    `MultiverseGenerateOutput`. `streamer` (put/end, one prompt) receives the canonical response as it
+    becomes final; `branch_callback` receives a `BranchEvent` as each branch advances (`streaming.py`).
 
     >>> out = multiverse_generate(model, input_ids, tokenizer=tok, max_new_tokens=64)  # doctest: +SKIP
     """
@@ -629,8 +681,6 @@ def multiverse_generate(
         options[name] = default if value is None else value
     streamer = kwargs.pop("streamer", None)
     branch_callback = kwargs.pop("branch_callback", None)
-    if streamer is not None and input_ids.shape[0] != 1:
-        raise ValueError(f"a streamer takes one prompt, got a batch of {input_ids.shape[0]}; use branch_callback for batches")
     for unsupported in ("assistant_model", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
         if kwargs.pop(unsupported, None) is not None:
             raise ValueError(f"{unsupported} is not supported by the Multiverse engine; pass multiverse=False")
@@ -642,14 +692,23 @@ def multiverse_generate(
         raise ValueError(f"unexpected arguments to the Multiverse engine: {', '.join(sorted(model_kwargs))}")
     if (generation_config.num_beams or 1) > 1:
         raise ValueError("the Multiverse engine decodes greedily or by sampling; for beam search pass multiverse=False")
+    _check_sampling(generation_config)
+    returns = generation_config.num_return_sequences or 1
+    if returns > 1 and not generation_config.do_sample:
+        raise ValueError(f"num_return_sequences={returns} needs do_sample=True: greedy decoding returns one sequence per prompt")
+    if streamer is not None and input_ids.shape[0] * returns != 1:
+        raise ValueError(f"a streamer takes one prompt, got a batch of {input_ids.shape[0] * returns}; use branch_callback for batches")
+    prompt_length = input_ids.shape[1]
+    max_new_tokens = _new_token_budget(generation_config, prompt_length)
+    if attention_mask is not None:
+        empty = [row for row in range(input_ids.shape[0]) if not bool(attention_mask[row].any())]
+        if empty:
+            raise ValueError(f"prompt {empty[0]} is empty: its attention_mask is all zeros")
+    if prompt_length == 0:
+        raise ValueError("the prompts are empty: the engine needs at least one prompt token to start from")
     tokenizer = _tokenizer_for(model, tokenizer)
     device = model.device
     model._prepare_special_tokens(generation_config, attention_mask is not None, device=device)
-    prompt_length = input_ids.shape[1]
-    if generation_config.max_new_tokens is not None:
-        max_new_tokens = generation_config.max_new_tokens
-    else:
-        max_new_tokens = max(0, (generation_config.max_length or prompt_length + 20) - prompt_length)
     processors = model._get_logits_processor(
         generation_config=generation_config,
         input_ids_seq_length=prompt_length,
@@ -662,6 +721,9 @@ def multiverse_generate(
     if generation_config.stop_strings is not None:
         stopping.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=generation_config.stop_strings))
 
+    if returns > 1:  # each prompt `returns` times, one after another, as transformers orders them
+        input_ids = input_ids.repeat_interleave(returns, 0)
+        attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(returns, 0)
     ids = input_ids.detach().cpu()
     prompts = []
     for row in range(ids.shape[0]):
@@ -673,7 +735,7 @@ def multiverse_generate(
     stream = GenerationStream(streamer, branch_callback)
     stream.prompt(input_ids)
     engine = MultiverseEngine(model, tokenizer, generation_config, processors, stopping, options, stream)
-    with torch.no_grad(), _engine_attention(model):
+    with torch.no_grad(), engine_attention(model):
         seqs = engine.run(prompts, max_new_tokens)
 
     responses = [s.root.view[s.prompt_length :] for s in seqs]
@@ -729,8 +791,12 @@ def generate(*args, model, multiverse: bool = True, **kwargs):
     return multiverse_generate(model, *args, **kwargs)
 
 
+SHIPPED_MODULES = ("structure.py", "decode_attention.py", "streaming.py")
+"""The modules `generate.py` imports relatively; they ship beside it."""
+
+
 def write_custom_generate(save_directory: str | Path) -> Path:
-    """Write this engine as `custom_generate/generate.py` (+ `structure.py`, `streaming.py`) next to a saved model.
+    """Write this engine as `custom_generate/generate.py` (+ the modules it imports) next to a saved model.
 
     >>> write_custom_generate("out/smollm2-multiverse")  # doctest: +SKIP
     PosixPath('out/smollm2-multiverse/custom_generate')
@@ -739,10 +805,10 @@ def write_custom_generate(save_directory: str | Path) -> Path:
     target = Path(save_directory) / "custom_generate"
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(here, target / "generate.py")
-    shutil.copyfile(here.with_name("structure.py"), target / "structure.py")
-    shutil.copyfile(here.with_name("streaming.py"), target / "streaming.py")
+    for name in SHIPPED_MODULES:
+        shutil.copyfile(here.with_name(name), target / name)
     (target / "requirements.txt").write_text("torch\ntransformers\n")
     return target
 
 
-__all__ = ["ENGINE_DEFAULTS", "MultiverseEngine", "MultiverseGenerateOutput", "generate", "multiverse_generate", "write_custom_generate"]
+__all__ = ["ENGINE_DEFAULTS", "MultiverseEngine", "MultiverseGenerateOutput", "StepInputs", "generate", "multiverse_generate", "pack_step", "write_custom_generate"]

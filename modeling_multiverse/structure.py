@@ -72,8 +72,10 @@ def parallel_user_turn(question: str, hint: str = "") -> str:
 LABEL_PATTERN = re.compile(r"\d+(?:\.\d+)*")
 _TAG_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in TAGS) + ")")
 _TAG_INDEX = {t: i for i, t in enumerate(TAGS)}
-# Labels are short: never decode more than this many items to find one (keeps parsing linear).
-_LABEL_WINDOW = 24
+LABEL_WINDOW = 24
+"""Labels are short: a label is read from at most this many items after its tag (keeps parsing linear)."""
+LABEL_MAX_CHARS = 16
+"""A lenient reader takes longer text before ':' for prose, not a label."""
 
 
 class StructureError(ValueError):
@@ -110,6 +112,24 @@ def split_tags(text: str) -> list[str]:
 def tag_kind(piece: str) -> int:
     """The tag index of an item, or TEXT."""
     return _TAG_INDEX.get(piece, TEXT)
+
+
+def read_label(text: str, strict: bool) -> str | None:
+    """The LABEL of `LABEL: ...`, the text right after an `<Outline>` or `<Path>` tag; None if there is none.
+
+    Strict (the parser checking data): a numeric label like "1" or "2.1". Lenient (the engine copying
+    what a model wrote): any short single-line text before ':'.
+
+    >>> read_label(" 2.1: b", strict=True), read_label("x: c", strict=True), read_label("x: c", strict=False)
+    ('2.1', None, 'x')
+    """
+    head, colon, _ = text.partition(":")
+    label = head.strip()
+    if not colon or not label:
+        return None
+    if strict:
+        return label if LABEL_PATTERN.fullmatch(label) else None
+    return label if len(label) <= LABEL_MAX_CHARS and "\n" not in label else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,10 +367,9 @@ class StructureParser:
         """The LABEL before ':' in the text right after an opening tag."""
         if self.text_of is None:
             return None
-        text = self._text(open_index + 1, min(end, open_index + 1 + _LABEL_WINDOW))
-        head, colon, _ = text.partition(":")
-        label = head.strip()
-        if not colon or not LABEL_PATTERN.fullmatch(label):
+        text = self._text(open_index + 1, min(end, open_index + 1 + LABEL_WINDOW))
+        label = read_label(text, strict=True)
+        if label is None:
             raise StructureError(
                 f"at {self.unit} {open_index + 1}: found {text.strip()[:30]!r} after {what}, "
                 f"expected a label like '1:' or '2.1:'",
@@ -370,21 +389,7 @@ class StructureParser:
                 top.separator_start = index
             self.last_kind = kind
             return
-        handler = {
-            THINK: self._think,
-            THINK_END: self._think_end,
-            PARALLEL: self._parallel,
-            PARALLEL_END: self._parallel_end,
-            GOAL: self._goal,
-            GOAL_END: self._goal_end,
-            OUTLINE: self._outline,
-            OUTLINE_END: self._outline_end,
-            PATH: self._path,
-            PATH_END: self._path_end,
-            CONCLUSION: self._conclusion,
-            CONCLUSION_END: self._conclusion_end,
-        }[kind]
-        handler(index, top)
+        self._HANDLERS[kind](self, index, top)
         self.last_kind = kind
 
     def _think(self, index: int, top: _Frame) -> None:
@@ -525,23 +530,101 @@ class StructureParser:
         top.node.close = index
         self.stack.pop()
 
-    def _expected(self, top: _Frame) -> str:
+    _HANDLERS = (  # indexed by tag kind
+        _think,
+        _think_end,
+        _parallel,
+        _parallel_end,
+        _goal,
+        _goal_end,
+        _outline,
+        _outline_end,
+        _path,
+        _path_end,
+        _conclusion,
+        _conclusion_end,
+    )
+
+    # -- what may come next ------------------------------------------------------------------
+    _TEXT_INSIDE = (TEXT, PATH, OUTLINE, CONCLUSION)  # frames whose content is free text
+
+    def allowed_next(self, max_outlines: int | None = None) -> list[int]:
+        """The tag kinds the grammar accepts as the next item, in tag order; text is not listed (`text_allowed`).
+
+        `max_outlines` caps the outlines of the open goal (the engine's `max_branches`).
+
+        >>> p = StructureParser(partial=True)
+        >>> for i, piece in enumerate(split_tags("<Parallel><Goal>")):
+        ...     p.feed(tag_kind(piece), i)
+        >>> [TAGS[k] for k in p.allowed_next()]
+        ['<Outline>']
+        """
+        top = self.stack[-1]
         if top.kind == TEXT:
-            return "text, <Parallel> or <Think>/</Think>"
+            allowed = [] if self.think_open is not None else [THINK]
+            if self.think_open is not None and self.think_close is None:
+                allowed.append(THINK_END)
+            if not (self.require_think and self.think_close is not None):
+                allowed.append(PARALLEL)
+            return sorted(allowed)
         if top.kind == PATH:
-            return "text, <Parallel> or </Path>"
+            return [PARALLEL, PATH_END]
         if top.kind == GOAL:
-            return "<Outline> or </Goal>"
+            outlines = len(top.node.outlines)
+            allowed = [GOAL_END] if outlines else []
+            if max_outlines is None or outlines < max_outlines:
+                allowed.append(OUTLINE)
+            return sorted(allowed)
         if top.kind == OUTLINE:
-            return "text or </Outline>"
+            return [OUTLINE_END]
         if top.kind == CONCLUSION:
-            return "text or </Conclusion>"
-        return {
-            "goal": "<Goal>",
-            "paths": "<Path> or <Conclusion>",
-            "conclusion": "</Conclusion>",
-            "end": "</Parallel>",
-        }[top.phase]
+            return [CONCLUSION_END]
+        block: Block = top.node
+        if top.phase == "paths":
+            return [PATH] if len(block.paths) < len(block.outlines) else [CONCLUSION]
+        return [{"goal": GOAL, "conclusion": CONCLUSION_END, "end": PARALLEL_END}[top.phase]]
+
+    @property
+    def text_allowed(self) -> bool:
+        """Whether free text may come next (elsewhere only whitespace is legal, and only checked with `text_of`)."""
+        return self.stack[-1].kind in self._TEXT_INSIDE
+
+    def _expected(self, top: _Frame) -> str:
+        """`allowed_next` in words, for error messages: text first, then opening tags, then closing tags."""
+        kinds = sorted(self.allowed_next(), key=lambda k: (k % 2, k))  # even kinds open, odd ones close
+        words = (["text"] if self.text_allowed else []) + [TAGS[k] for k in kinds]
+        return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+    def closing_items(self) -> list[int | str]:
+        """The items that close what is open, innermost first: tag kinds, and text (str) where the grammar
+        needs some. They stop where the open block needs its paths written (after `</Goal>` or `</Path>`);
+        `<Think>` is left open. A goal without outlines gets one, labelled "1".
+
+        >>> p = StructureParser(partial=True)
+        >>> for i, piece in enumerate(split_tags("<Parallel><Goal><Outline>1: a")):
+        ...     p.feed(tag_kind(piece), i)
+        >>> [TAGS[k] if isinstance(k, int) else k for k in p.closing_items()]
+        ['</Outline>', '</Goal>']
+        """
+        items: list[int | str] = []
+        for frame in reversed(self.stack[1:]):
+            if frame.kind == OUTLINE:
+                items.append(OUTLINE_END)
+            elif frame.kind == GOAL:
+                if not frame.node.outlines:
+                    items += [OUTLINE, "1:", OUTLINE_END]
+                return items + [GOAL_END]
+            elif frame.kind == PATH:
+                return items + [PATH_END]
+            elif frame.kind == CONCLUSION:
+                items.append(CONCLUSION_END)
+            elif frame.phase == "goal":
+                return items + [GOAL, OUTLINE, "1:", OUTLINE_END, GOAL_END]
+            elif frame.phase in ("conclusion", "end"):  # "conclusion": closed by the item above
+                items += ["\n", PARALLEL_END]
+            else:  # "paths": written by the engine, not closing items
+                return items
+        return items
 
     def finish(self) -> Structure:
         """End of input: returns the Structure, or raises if something is open and not `partial`."""
@@ -650,22 +733,9 @@ def allowed_tags(parser: StructureParser, max_branches: int) -> torch.Tensor:
     """
     allowed = torch.zeros(len(TAGS), dtype=torch.bool)
     top = parser.stack[-1]
-    if top.kind == TEXT:
-        allowed[PARALLEL] = True
-        allowed[THINK] = parser.think_open is None
-        allowed[THINK_END] = parser.think_open is not None and parser.think_close is None
-    elif top.kind == PATH:
-        allowed[PARALLEL] = allowed[PATH_END] = True
-    elif top.kind == GOAL:
-        allowed[OUTLINE] = len(top.node.outlines) < max_branches
-        allowed[GOAL_END] = bool(top.node.outlines)
-    elif top.kind == OUTLINE:
-        allowed[OUTLINE_END] = True
-    elif top.kind == CONCLUSION:
-        allowed[CONCLUSION_END] = True
-    elif top.kind == PARALLEL:
-        allowed[GOAL] = top.phase == "goal"
-        allowed[PARALLEL_END] = top.phase == "end"
+    if top.kind == PARALLEL and top.phase == "paths":  # the engine writes the paths' seeds, it samples none
+        return allowed
+    allowed[parser.allowed_next(max_outlines=max_branches)] = True
     return allowed
 
 

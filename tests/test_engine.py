@@ -196,6 +196,7 @@ def test_save_writes_custom_generate_and_remote_code_uses_it(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     assert (tmp_path / "custom_generate" / "generate.py").is_file()
     assert (tmp_path / "custom_generate" / "structure.py").is_file()
+    assert (tmp_path / "custom_generate" / "decode_attention.py").is_file()
     template = skeleton_template(tokenizer, SKELETONS["flat2_uneven"])
     enc = encode_prompts(tokenizer, ["hub"])
     kwargs = dict(
@@ -230,7 +231,7 @@ def test_grouped_query_sdpa_equals_transformers_sdpa():
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from modeling_multiverse.generation import grouped_query_sdpa
+    from modeling_multiverse.decode_attention import grouped_query_sdpa
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)

@@ -17,7 +17,7 @@ import torch
 from tiny import tiny_tokenizer
 
 from modeling_multiverse import TAGS, StructureError, StructureParser, add_multiverse_tokens, dense_mask, parse_kinds
-from modeling_multiverse.generation import FINISHING, FORKING, LIVE, MultiverseEngine, _Sequence
+from modeling_multiverse.generation import CLOSING, ENDING, FINISHING, FORKING, LIVE, MultiverseEngine, _Sequence
 from modeling_multiverse.structure import (
     CONCLUSION,
     CONCLUSION_END,
@@ -32,6 +32,7 @@ from modeling_multiverse.structure import (
     TEXT,
     THINK,
     THINK_END,
+    allowed_tags,
     kinds_of_ids,
 )
 
@@ -131,24 +132,24 @@ class Driver:
             changed = False
             for branch in list(seq.branches):
                 if branch.pending or branch.state in (FORKING, FINISHING):
-                    self.engine._settle(seq, branch)
+                    self.engine._transition(seq, branch, "fed")
                     changed = True
-                if branch.state == LIVE and branch.closing and not branch.pending:
-                    self.engine._close_step(seq, branch)
+                if branch.state in (CLOSING, ENDING) and not branch.pending:
+                    self.engine._close(seq, branch)
                     changed = True
 
     def run(self, script: list[int], rng: random.Random) -> tuple[list[int], int]:
         """Returns the final view and how many text tokens were written."""
         written = 0
-        seq = _Sequence([], StructureParser(partial=True), 64)
+        seq = _Sequence(0, [], StructureParser(partial=True))
         seq.root.pending = []
         engine = self.engine
         for kind in script:
-            live = [b for b in seq.branches if b.state == LIVE and not b.closing]
+            live = [b for b in seq.branches if b.state == LIVE]
             if seq.done or not live:
                 break
             branch = rng.choice(live)
-            if kind >= 0 and not bool(engine._allowed_tags(branch.parser)[kind]):
+            if kind >= 0 and not bool(allowed_tags(branch.parser, engine.max_branches)[kind]):
                 continue  # the engine masks it: the model writes something else
             engine._accept(seq, branch, self.token(kind), stopped=False)
             written += kind == TEXT

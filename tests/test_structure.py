@@ -27,7 +27,7 @@ from modeling_multiverse import (
     split_tags,
     tag_ids_from_tokenizer,
 )
-from modeling_multiverse.structure import tag_kind
+from modeling_multiverse.structure import CONCLUSION, PARALLEL, PATH, PATH_END, TEXT, tag_kind
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -335,3 +335,56 @@ def test_a_200k_token_sequence_parses_with_label_and_whitespace_checks_in_a_few_
     elapsed = time.perf_counter() - start
     assert structure.complete and structure.length == len(ids) > 190_000
     assert elapsed < 4.0, f"parse_ids with decode of {len(ids)} tokens took {elapsed:.2f}s"
+
+
+NESTED = f"<Think>\nq{GOAL_2}\n<Path>\n1: x{GOAL_2}{PATH_1}{PATH_2}{CLOSE}</Path>{PATH_2}{CLOSE}\n</Think>\nok"
+
+
+def test_allowed_next_is_exactly_what_feed_accepts():
+    """The grammar has one source: `allowed_next` answers for `feed` at every prefix, for every tag."""
+    from modeling_multiverse.structure import StructureError, StructureParser, read_label
+
+    kinds = [tag_kind(piece) for piece in split_tags(NESTED)]
+    parser = StructureParser(partial=True)
+    for index, kind in enumerate(kinds + [None]):
+        for candidate in range(len(TAGS)):
+            trial = parser.copy()
+            try:
+                trial.feed(candidate, index)
+                accepted = True
+            except StructureError as err:
+                accepted = False
+                assert "expected" in str(err)
+            assert accepted == (candidate in parser.allowed_next()), (index, TAGS[candidate])
+        if kind is None:
+            break
+        parser.feed(kind, index)
+    assert read_label("\n2.1: b", strict=True) == "2.1" and read_label("step one: b", strict=True) is None
+    assert read_label("step one: b", strict=False) == "step one" and read_label("no colon", strict=False) is None
+
+
+@pytest.mark.parametrize("cut", range(1, 40))
+def test_closing_items_close_every_prefix(cut):
+    """Feeding `closing_items` (text as text) is always legal and leaves a fork point, a path's end, or nothing open."""
+    from modeling_multiverse.structure import StructureParser
+
+    pieces = split_tags(NESTED)[:cut]
+    parser = StructureParser(partial=True)
+    for index, piece in enumerate(pieces):
+        parser.feed(tag_kind(piece), index)
+    index = len(pieces)
+    for _ in range(4):  # closing, then writing the paths a fork needs, until nothing is open
+        for item in parser.closing_items():
+            parser.feed(TEXT if isinstance(item, str) else item, index)
+            index += 1
+        if len(parser.stack) == 1:
+            break
+        assert parser.expects_fork or parser.stack[-1].kind == PARALLEL
+        block = parser.current_block
+        for k in range(len(block.paths), len(block.outlines)):
+            for kind in (PATH, TEXT, PATH_END):
+                parser.feed(kind, index)
+                index += 1
+        parser.feed(CONCLUSION, index)
+        index += 1
+    assert len(parser.stack) == 1
