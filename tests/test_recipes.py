@@ -82,6 +82,7 @@ def test_multiverse_recipe_trains_and_reloads_with_remote_code(tmp_path):
     with torch.no_grad():
         assert torch.allclose(torch.load(tmp_path / "logits.pt"), model.eval()(ids).logits, atol=1e-5)
     assert (outcome.output_dir / "README.md").exists()
+    assert (outcome.output_dir / "custom_generate" / "generate.py").is_file()
     assert "<Path>" in (outcome.output_dir / "tokenizer.json").read_text()
 
 
