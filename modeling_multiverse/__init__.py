@@ -25,7 +25,7 @@ from .structure import (
     split_tags,
     tag_ids_from_tokenizer,
 )
-from .tokens import add_multiverse_tokens, add_tag_tokens
+from .tokens import add_multiverse_tokens, add_tag_tokens, encode_chat
 
 AutoConfig.register("multiverse", MultiverseConfig, exist_ok=True)
 AutoModelForCausalLM.register(MultiverseConfig, MultiverseForCausalLM, exist_ok=True)
@@ -47,6 +47,7 @@ __all__ = [
     "batch_intervals",
     "block_mask",
     "dense_mask",
+    "encode_chat",
     "mask_for",
     "pack",
     "format_parallel",

@@ -41,7 +41,7 @@ Example:
     >>> out.parallelism[0], out.blocks[0]  # doctest: +SKIP
     (1.9, [{'labels': ['1', '2'], 'branch_lengths': [60, 41], 'depth': 0, 'start': 12}])
 
-This file imports only torch, transformers and `.structure`, so it ships with a checkpoint both as
+This file imports only torch, transformers, `.structure` and `.streaming`, so it ships with a checkpoint both as
 remote code and as `custom_generate/generate.py` (see `write_custom_generate`).
 """
 
@@ -83,10 +83,12 @@ from .structure import (
     THINK,
     THINK_END,
     StructureParser,
+    allowed_tags,
     parse_ids,
     path_seed,
     tag_ids_from_tokenizer,
 )
+from .streaming import GenerationStream
 
 ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 8, "max_branch_tokens": 2048}
 """Engine options, read from `generate(...)` kwargs, else from `generation_config` attributes, else here:
@@ -96,6 +98,7 @@ ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 8, "max_branch_tokens": 2048}
 """
 
 LIVE, FORKING, WAITING, FINISHING, DONE = range(5)
+_FORCED = float("nan")  # `token_logprobs` of a token the engine wrote without sampling it
 _LABEL_CHARS = 16  # longer "labels" are prose, not labels: the path gets its ordinal instead
 
 
@@ -111,6 +114,12 @@ class MultiverseGenerateOutput(ModelOutput):
     - `blocks`: every block of the response, in order: `labels`, `branch_lengths` (tokens of each path
       unit), `depth` (0 = top level), `start` (index of `<Parallel>` in the response).
     - `cache_tokens`: peak KV cache length (tokens per row, padding slots included).
+    - `token_logprobs` (with `output_scores=True`): `[B, response width]` float32, aligned with the
+      response part of `sequences` (canonical order): the log-probability of each sampled token under
+      the distribution it was drawn from (logits after the processors, temperature included, and the
+      grammar mask of `structure.allowed_tags`; greedy: the same log-softmax at the argmax). NaN where
+      the engine forced the token (path and conclusion seeds, closing tags) and after the response.
+      A sampled eos inside a path is not in the output (the path is closed instead), nor is its score.
     """
 
     sequences: torch.LongTensor | None = None
@@ -120,6 +129,7 @@ class MultiverseGenerateOutput(ModelOutput):
     parallelism: list | None = None
     blocks: list | None = None
     cache_tokens: int | None = None
+    token_logprobs: torch.FloatTensor | None = None
 
 
 class _Branch:
@@ -129,6 +139,7 @@ class _Branch:
         self.slot = slot  # its row in the sequence's visibility table
         self.parent = parent
         self.view = view
+        self.logprobs = [_FORCED] * len(view)  # per token of `view`: its sampled log-probability (token_logprobs)
         self.own_start = len(view)  # where its own tokens begin in `view`
         self.parser = parser
         self.base = len(parser.stack)  # stack height while inside its own path
@@ -148,7 +159,8 @@ class _Branch:
 class _Sequence:
     """One prompt: its branches, their visibility rows over the cache, and its counters."""
 
-    def __init__(self, prompt: list[int], parser: StructureParser, capacity: int):
+    def __init__(self, row: int, prompt: list[int], parser: StructureParser, capacity: int):
+        self.row = row  # in the batch as given (streams report it)
         self.prompt_length = len(prompt)
         self.visible = torch.zeros(4, capacity, dtype=torch.bool)
         self.branches: list[_Branch] = []
@@ -183,8 +195,9 @@ class _Sequence:
 class MultiverseEngine:
     """Decodes a batch of prompts with fork/merge decoding. Built and run by `multiverse_generate`."""
 
-    def __init__(self, model, tokenizer, generation_config, processors, stopping_criteria, options: dict):
+    def __init__(self, model, tokenizer, generation_config, processors, stopping_criteria, options: dict, stream=None):
         self.model = model
+        self.stream = stream or GenerationStream()  # streaming hook: see `streaming.py`
         self.tokenizer = tokenizer
         self.config = generation_config
         self.processors = processors
@@ -215,19 +228,22 @@ class MultiverseEngine:
         return self.tag_of_id.get(token, TEXT)
 
     # -- appending tokens to a branch ----------------------------------------------------------
-    def _append(self, seq: _Sequence, branch: _Branch, tokens: list[int]) -> None:
-        """Add tokens to a branch's view and parser; they are fed to the model in the next step."""
+    def _append(self, seq: _Sequence, branch: _Branch, tokens: list[int], logprobs: list[float] | None = None) -> None:
+        """Add tokens to a branch's view and parser; they are fed to the model in the next step.
+        `logprobs` are those of sampled tokens; without them the tokens count as forced."""
         if not seq.finalizing and seq.generated + len(tokens) > self.max_new_tokens:
             seq.finalizing = True  # forced tokens that do not fit: from here on only closing tags
         for token in tokens:
             branch.parser.feed(self._kind(token), len(branch.view))
             branch.view.append(token)
+        branch.logprobs.extend(logprobs or [_FORCED] * len(tokens))
         branch.pending.extend(tokens)
         branch.written += len(tokens)
         if seq.finalizing:
             seq.closing_tokens += len(tokens)
         else:
             seq.generated += len(tokens)
+        self.stream.tokens(seq.row, branch, tokens, seq.generated, seq.steps)  # streaming hook
 
     def _after_token(self, branch: _Branch) -> None:
         """Move to FORKING / FINISHING when the last token closed a goal or the branch's own path."""
@@ -258,14 +274,17 @@ class MultiverseEngine:
         branch.state = WAITING
         branch.p0 = branch.position
         parallel = branch.depth + 1 <= self.max_depth and not seq.finalizing
+        self.stream.fork(seq.row, branch, branch.labels, parallel, seq.generated, seq.steps)  # streaming hook
         for _ in range(len(branch.labels) if parallel else 1):
             self._start_child(seq, branch)
 
     def _start_child(self, seq: _Sequence, parent: _Branch) -> None:
         label = parent.labels[len(parent.children)]
         child = seq.new_branch(parent, list(parent.view), parent.parser.copy(), parent.p0, parent.depth + 1)
+        child.logprobs = list(parent.logprobs)
         child.closing = parent.closing or seq.finalizing
         parent.children.append(child)
+        self.stream.open(seq.row, child, parent, label)  # streaming hook
         self._append(seq, child, self._seed(label))
         child.base = len(child.parser.stack)
         child.written = 0  # the seed is not the path's own writing
@@ -282,6 +301,7 @@ class MultiverseEngine:
             for token in child.view[child.own_start :]:
                 parent.parser.feed(self._kind(token), len(parent.view))
                 parent.view.append(token)
+            parent.logprobs.extend(child.logprobs[child.own_start :])
             seq.visible[parent.slot] |= seq.visible[child.slot]
         parent.position = max(c.position for c in parent.children)
         parent.children = []
@@ -320,6 +340,7 @@ class MultiverseEngine:
             self._fork(seq, branch)
         elif branch.state == FINISHING:
             branch.state = DONE
+            self.stream.done(seq.row, branch, seq.generated, seq.steps)  # streaming hook
             self._child_done(seq, branch.parent)
 
     def _finalize(self, seq: _Sequence) -> None:
@@ -339,28 +360,6 @@ class MultiverseEngine:
         raise RuntimeError("internal error: the Multiverse engine could not close the sequence")
 
     # -- choosing tokens --------------------------------------------------------------------------
-    def _allowed_tags(self, parser: StructureParser) -> torch.Tensor:
-        """Which of the twelve tags the grammar allows next in this state (SPEC 3)."""
-        allowed = torch.zeros(len(TAGS), dtype=torch.bool)
-        top = parser.stack[-1]
-        if top.kind == TEXT:
-            allowed[PARALLEL] = True
-            allowed[THINK] = parser.think_open is None
-            allowed[THINK_END] = parser.think_open is not None and parser.think_close is None
-        elif top.kind == PATH:
-            allowed[PARALLEL] = allowed[PATH_END] = True
-        elif top.kind == GOAL:
-            allowed[OUTLINE] = len(top.node.outlines) < self.max_branches
-            allowed[GOAL_END] = bool(top.node.outlines)
-        elif top.kind == OUTLINE:
-            allowed[OUTLINE_END] = True
-        elif top.kind == CONCLUSION:
-            allowed[CONCLUSION_END] = True
-        elif top.kind == PARALLEL:
-            allowed[GOAL] = top.phase == "goal"
-            allowed[PARALLEL_END] = top.phase == "end"
-        return allowed
-
     def _views(self, branches: list[_Branch]) -> torch.LongTensor:
         """Each branch's view as one left-padded row, the input standard logits processors expect."""
         width = max(len(b.view) for b in branches)
@@ -374,7 +373,7 @@ class MultiverseEngine:
         raw = torch.stack([b.logits for b in branches])
         views = self._views(branches)
         scores = self.processors(views.to(raw.device), raw.clone())
-        forbidden = torch.stack([~self._allowed_tags(b.parser) for b in branches])  # [N, 12]
+        forbidden = torch.stack([~allowed_tags(b.parser, self.max_branches) for b in branches])  # [N, 12]
         rows, cols = torch.nonzero(forbidden, as_tuple=True)
         tag_columns = self.tag_tensor.to(raw.device)[cols]
         scores[rows.to(raw.device), tag_columns] = -float("inf")
@@ -387,25 +386,29 @@ class MultiverseEngine:
             tokens = torch.multinomial(torch.softmax(scores.float(), -1), 1).squeeze(1)
         else:
             tokens = scores.argmax(-1)
+        logprobs = [None] * len(branches)
+        if self.config.output_scores:  # token_logprobs: the sampled token under the distribution it came from
+            chosen = torch.log_softmax(scores.float(), -1).gather(1, tokens[:, None]).squeeze(1)
+            logprobs = [[value] for value in chosen.tolist()]
         tokens = tokens.tolist()
         stop = [False] * len(branches)
         if self.stopping:
             extended = torch.cat([views, torch.tensor(tokens)[:, None]], 1).to(raw.device)
             stop = self.stopping(extended, scores).tolist()
-        for (seq, branch), token, stopped in zip(todo, tokens, stop):
-            self._accept(seq, branch, token, stopped)
+        for (seq, branch), token, logprob, stopped in zip(todo, tokens, logprobs, stop):
+            self._accept(seq, branch, token, stopped, logprob)
 
-    def _accept(self, seq: _Sequence, branch: _Branch, token: int, stopped: bool) -> None:
+    def _accept(self, seq: _Sequence, branch: _Branch, token: int, stopped: bool, logprob: list[float] | None = None) -> None:
         if token in self.eos_ids:
             if branch.parent is None and len(branch.parser.stack) == 1:
-                self._append(seq, branch, [token])
+                self._append(seq, branch, [token], logprob)
                 branch.state = DONE
             else:  # eos inside a block ends the path (or closes the block, then ends the sequence)
                 branch.closing = True
                 branch.eos_at_end = branch.parent is None
                 self._close_step(seq, branch)
             return
-        self._append(seq, branch, [token])
+        self._append(seq, branch, [token], logprob)
         self._after_token(branch)
         if branch.state != LIVE:
             return
@@ -489,7 +492,8 @@ class MultiverseEngine:
                     f"prompt {row} ends inside a <Parallel> block ({' '.join(TAGS[f.kind] for f in parser.stack[1:])} "
                     "still open): the engine starts from a prompt outside any block"
                 )
-            seqs.append(_Sequence(prompt, parser, len(prompt) + max_new_tokens + 64))
+            seqs.append(_Sequence(row, prompt, parser, len(prompt) + max_new_tokens + 64))
+            self.stream.open(row, seqs[-1].root)  # streaming hook
         self.max_new_tokens = max_new_tokens
         self.cache = DynamicCache(config=self.model.config)
         self.cache_length = 0
@@ -521,6 +525,7 @@ class MultiverseEngine:
                 rows = [rows[row] for row in keep]
             if not rows or not self._forward(rows):
                 break
+        self.stream.end()  # streaming hook: the rest is final
         return seqs
 
 
@@ -602,6 +607,8 @@ def multiverse_generate(
     Greedy or sampling (`do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`, ...),
     `eos_token_id`, `stop_strings`, `max_new_tokens`, plus the engine options of `ENGINE_DEFAULTS`.
     Returns `sequences` (prompt + canonical response), or a `MultiverseGenerateOutput`.
+    `streamer` (put/end, one prompt) receives the canonical response as it becomes final;
+    `branch_callback` receives a `BranchEvent` as each branch advances (see `streaming.py`).
 
     >>> out = multiverse_generate(model, input_ids, tokenizer=tok, max_new_tokens=64)  # doctest: +SKIP
     """
@@ -619,7 +626,11 @@ def multiverse_generate(
         if value is None:
             value = getattr(model.generation_config, name, None)
         options[name] = default if value is None else value
-    for unsupported in ("assistant_model", "streamer", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
+    streamer = kwargs.pop("streamer", None)
+    branch_callback = kwargs.pop("branch_callback", None)
+    if streamer is not None and input_ids.shape[0] != 1:
+        raise ValueError(f"a streamer takes one prompt, got a batch of {input_ids.shape[0]}; use branch_callback for batches")
+    for unsupported in ("assistant_model", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
         if kwargs.pop(unsupported, None) is not None:
             raise ValueError(f"{unsupported} is not supported by the Multiverse engine; pass multiverse=False")
     for ignored in ("synced_gpus", "negative_prompt_attention_mask", "use_cache"):
@@ -658,12 +669,21 @@ def multiverse_generate(
         else:
             keep = attention_mask[row].detach().cpu().bool()
             prompts.append(ids[row][keep].tolist())
-    engine = MultiverseEngine(model, tokenizer, generation_config, processors, stopping, options)
+    stream = GenerationStream(streamer, branch_callback)
+    stream.prompt(input_ids)
+    engine = MultiverseEngine(model, tokenizer, generation_config, processors, stopping, options, stream)
     with torch.no_grad(), _engine_attention(model):
         seqs = engine.run(prompts, max_new_tokens)
 
     responses = [s.root.view[s.prompt_length :] for s in seqs]
     width = max(len(r) for r in responses)
+    token_logprobs = None
+    if generation_config.output_scores:
+        token_logprobs = torch.full((len(seqs), width), _FORCED)
+        for row, seq in enumerate(seqs):
+            scored = seq.root.logprobs[seq.prompt_length :]
+            token_logprobs[row, : len(scored)] = torch.tensor(scored, dtype=torch.float32)
+        token_logprobs = token_logprobs.to(input_ids.device)
     generated = torch.full((len(seqs), width), engine.pad_id, dtype=torch.long)
     for row, response in enumerate(responses):
         generated[row, : len(response)] = torch.tensor(response, dtype=torch.long)
@@ -678,6 +698,7 @@ def multiverse_generate(
         parallelism=[s.generated / max(s.steps, 1) for s in seqs],
         blocks=[_block_stats(engine, r) for r in responses],
         cache_tokens=engine.cache_length,
+        token_logprobs=token_logprobs,
     )
 
 
@@ -708,7 +729,7 @@ def generate(*args, model, multiverse: bool = True, **kwargs):
 
 
 def write_custom_generate(save_directory: str | Path) -> Path:
-    """Write this engine as `custom_generate/generate.py` (+ `structure.py`) next to a saved model.
+    """Write this engine as `custom_generate/generate.py` (+ `structure.py`, `streaming.py`) next to a saved model.
 
     >>> write_custom_generate("out/smollm2-multiverse")  # doctest: +SKIP
     PosixPath('out/smollm2-multiverse/custom_generate')
@@ -718,6 +739,7 @@ def write_custom_generate(save_directory: str | Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(here, target / "generate.py")
     shutil.copyfile(here.with_name("structure.py"), target / "structure.py")
+    shutil.copyfile(here.with_name("streaming.py"), target / "streaming.py")
     (target / "requirements.txt").write_text("torch\ntransformers\n")
     return target
 

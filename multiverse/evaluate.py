@@ -32,11 +32,13 @@ from tqdm.auto import tqdm
 from modeling_multiverse import (
     MissingTagsError,
     StructureError,
+    encode_chat,
     parallel_user_turn,
     parse_text,
     tag_ids_from_tokenizer,
 )
-from multiverse.grading import KINDS, extract_answer, grade, integer_reference
+from evaluation.grading import KINDS, extract_answer, grade, integer_reference
+from modeling_multiverse.jsonl import iter_jsonl
 
 ANSWER_HINTS: dict[str, str] = {
     "math": "Put your final answer within \\boxed{}.",
@@ -113,21 +115,13 @@ def load_records(path: str | Path, kind: str | None = None, limit: int | None = 
     >>> records, kind = load_records("../shared/data/aime2025-I.jsonl", limit=2)  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown --kind {kind!r}; expected one of {', '.join(KINDS)}")
     raw: list[tuple[int, dict]] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            if limit is not None and len(raw) >= limit:
-                break
-            try:
-                raw.append((line_number, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
+    for line_number, record in iter_jsonl(path):
+        if limit is not None and len(raw) >= limit:
+            break
+        raw.append((line_number, record))
     if not raw:
         raise ValueError(f"{path}: no records")
     kind = kind or detect_kind([r for _, r in raw], str(path))
@@ -156,19 +150,16 @@ def is_multiverse_tokenizer(tokenizer) -> bool:
 # Generation
 
 
-def _prompt_texts(tokenizer, records: Sequence[Mapping[str, Any]], parallel_prompt: bool) -> list[str]:
-    texts = []
+def _prompt_ids(tokenizer, records: Sequence[Mapping[str, Any]], parallel_prompt: bool) -> list[list[int]]:
+    """Prompt ids per record; the question is text, never structure (`encode_chat`)."""
+    ids = []
     for record in records:
         message = user_message(record, parallel_prompt)
         if tokenizer.chat_template:
-            texts.append(
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
-                )
-            )
+            ids.append(encode_chat(tokenizer, [{"role": "user", "content": message}], add_generation_prompt=True))
         else:  # a base model without a chat template reads the bare question
-            texts.append(message + "\n")
-    return texts
+            ids.append(tokenizer(message + "\n", add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    return ids
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -238,11 +229,8 @@ def evaluate(
     try:
         for first in tqdm(range(0, len(records), batch_size), desc="eval", unit="batch"):
             batch = records[first : first + batch_size]
-            encoded = tokenizer(
-                _prompt_texts(tokenizer, batch, parallel_prompt),
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
+            encoded = tokenizer.pad(
+                {"input_ids": _prompt_ids(tokenizer, batch, parallel_prompt)}, padding=True, return_tensors="pt"
             ).to(device)
             batch_start = time.perf_counter()
             output = model.generate(
@@ -344,8 +332,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", help="torch dtype to load the weights in (auto, bfloat16, float32)")
     parser.add_argument("--output", help="write the full report (with per-problem records) to this JSON file")
     args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be >= 1, got {args.limit}")
+    for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.dtype != "auto" and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
+        raise ValueError(f"--dtype {args.dtype!r} is not a torch dtype (auto, float32, bfloat16, float16)")
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"--device {args.device}: not usable here ({' '.join(str(err).split())[:120]})") from None
     return args
 
 
@@ -353,7 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # (importing modeling_multiverse registered ours)
 
+    from modeling_multiverse.paths import context_length, multiverse_config, same_path
+
     records, kind = load_records(args.data, args.kind, args.limit)
+    config = multiverse_config(args.model, "--model")  # before loading: a plain model would load as random weights
+    context = context_length(config)
+    if context is not None and args.max_new_tokens > context:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens")
+    if args.output and (same_path(args.output, args.data) or Path(args.output).is_dir()):
+        raise ValueError(f"--output {args.output} is the data file or a folder; the report needs a file of its own")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
@@ -362,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt)
     print(format_summary(report))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = output.with_name(f".{output.name}.tmp")  # renamed into place: never a half-written report
+        staging.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        staging.replace(output)
         print(f"report written to {args.output}")
     return 0

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
 
-def build_prompt(tokenizer, prompt: str, parallel: bool = True) -> str:
-    """The chat-formatted prompt text: the question, and the parallel-thinking instruction when `parallel`."""
-    from modeling_multiverse import parallel_user_turn
+def prompt_ids(tokenizer, prompt: str, parallel: bool = True) -> list[int]:
+    """Ids of the chat-formatted prompt: the question, and the parallel-thinking instruction when `parallel`.
+
+    The question is text: a tag written in it ("what does <Parallel> mean?") is not structure (`encode_chat`).
+    """
+    from modeling_multiverse import encode_chat, parallel_user_turn
 
     content = parallel_user_turn(prompt) if parallel else prompt.strip()
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    return encode_chat(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", required=True, help="the question")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="budget over all branches (default 512)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--max-branches", type=int, default=None, help="most paths per block")
     parser.add_argument("--max-depth", type=int, default=None, help="deepest block decoded in parallel")
@@ -37,24 +41,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        parser.error(f"--temperature must be >= 0, got {args.temperature}")
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature must be a number >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_p is not None and args.temperature == 0:
+        raise ValueError("--top-p needs sampling: pass --temperature > 0 as well")
+    if args.max_branches is not None and args.max_branches < 1:
+        raise ValueError(f"--max-branches must be >= 1, got {args.max_branches}")
+    if args.max_depth is not None and args.max_depth < 0:
+        raise ValueError(f"--max-depth must be >= 0, got {args.max_depth}")
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty")
+
+    from modeling_multiverse.paths import context_length, multiverse_config
+
+    config = multiverse_config(args.model, "--model")  # before loading: a plain model would load as random weights
+    context = context_length(config)
+    if context is not None and args.max_new_tokens >= context:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens")
 
     import torch
     from transformers import AutoTokenizer
 
     from modeling_multiverse import MultiverseForCausalLM
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = MultiverseForCausalLM.from_pretrained(args.model)
-    except (OSError, ValueError) as err:
-        print(f"multiverse generate: cannot load --model {args.model}: {err}", file=sys.stderr)
-        return 2
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    ids = prompt_ids(tokenizer, args.prompt, parallel=not args.no_instruction)
+    if context is not None and len(ids) + args.max_new_tokens > context:
+        raise ValueError(
+            f"--max-new-tokens {args.max_new_tokens}: with the prompt's {len(ids)} tokens that exceeds the model's "
+            f"context of {context} tokens; pass --max-new-tokens {context - len(ids)} or less"
+        )
+    model = MultiverseForCausalLM.from_pretrained(args.model)
     model.eval()
-    text = build_prompt(tokenizer, args.prompt, parallel=not args.no_instruction)
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
     if args.top_p is not None:
         sampling["top_p"] = args.top_p

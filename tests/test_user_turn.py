@@ -12,7 +12,7 @@ from tiny import example_response, tiny_tokenizer
 from curator.export import conversation
 from modeling_multiverse import PARALLEL_INSTRUCTION, add_tag_tokens, parallel_user_turn
 from multiverse.evaluate import ANSWER_HINTS, user_message
-from multiverse.generate_cmd import build_prompt
+from multiverse.generate_cmd import prompt_ids
 from trl_recipes import prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def test_generate_prompts_with_the_token_ids_the_model_was_trained_on():
     prepared, _ = prepare_dataset(Dataset.from_list([conversation(QUESTION, example_response())]), tokenizer, max_length=None)
     row = prepared[0]
     trained_prompt = [i for i, label in zip(row["input_ids"], row["labels"]) if label == -100]
-    inference_prompt = tokenizer(build_prompt(tokenizer, QUESTION), add_special_tokens=False)["input_ids"]
+    inference_prompt = prompt_ids(tokenizer, QUESTION)
     assert inference_prompt == trained_prompt
 
 

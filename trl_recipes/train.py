@@ -35,7 +35,7 @@ from trl import TrlParser, get_peft_config
 from modeling_multiverse import MultiverseForCausalLM, tag_ids_from_tokenizer
 
 from .config import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
-from .data import load_sft_dataset
+from .data import check_source, load_sft_dataset
 from .export import save_hub_ready
 from .preparation import PreparationReport, prepare_dataset
 from .trainer import MultiverseSFTTrainer
@@ -78,6 +78,22 @@ def _hub_base(name: str) -> str:
     return json.loads(record.read_text()).get("base_model", name) if record.is_file() else name
 
 
+def _check_paths(model, dataset, output_dir, recipe: str) -> None:
+    """Refuse before loading anything: a missing or unconverted model, bad data, an output that would overwrite an input."""
+    from modeling_multiverse.paths import model_config, multiverse_config, same_path
+
+    if isinstance(model, str):
+        (multiverse_config if recipe == "multiverse" else model_config)(model, "--model")
+        if same_path(model, output_dir):
+            raise ValueError(f"--output {output_dir} would overwrite the model it trains (--model {model}); pick another folder")
+    if isinstance(dataset, (str, Path)):
+        check_source(str(dataset))
+    if isinstance(dataset, (str, Path)) and same_path(dataset, output_dir):
+        raise ValueError(f"--output {output_dir} would overwrite the training data (--dataset {dataset}); pick another folder")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise NotADirectoryError(f"--output {output_dir}: is a file, expected a folder")
+
+
 def train(
     recipe_args: RecipeArguments,
     config: MultiverseSFTConfig,
@@ -98,6 +114,12 @@ def train(
     if (dataset is None) == (recipe_args.dataset_name is None):
         raise ValueError("give the data either as recipe_args.dataset_name or loaded as dataset=, not both")
     recipe = recipe_args.recipe
+    _check_paths(
+        model_args.model_name_or_path if model is None else model,
+        recipe_args.dataset_name if dataset is None else dataset,
+        config.output_dir,
+        recipe,
+    )
     if model is None:
         base_name = _hub_base(model_args.model_name_or_path)
         model, tokenizer = load_model(model_args, recipe)
@@ -116,7 +138,7 @@ def train(
 
     source = dataset if dataset is not None else recipe_args.dataset_name
     prepared, report = prepare_dataset(
-        load_sft_dataset(source, config=recipe_args.dataset_config, split=recipe_args.dataset_train_split),
+        load_sft_dataset(source, config=recipe_args.dataset_config, split=recipe_args.dataset_train_split, fallback_split=recipe),
         tokenizer,
         recipe=recipe,
         max_length=config.max_length,
@@ -149,12 +171,35 @@ def make_parser() -> TrlParser:
     return TrlParser((RecipeArguments, MultiverseSFTConfig, MultiverseModelConfig), prog="multiverse train")
 
 
+def _requested_recipe(argv: list[str]) -> str | None:
+    """`--recipe` from the command line, else from the `--config` YAML (the GRPO recipe has its own parser)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--recipe="):
+            return arg.split("=", 1)[1]
+        if arg == "--recipe" and i + 1 < len(argv):
+            return argv[i + 1]
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        if path and Path(path).is_file():
+            import yaml
+
+            return (yaml.safe_load(Path(path).read_text()) or {}).get("recipe")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if _requested_recipe(argv) == "grpo":
+        from .grpo import main as grpo_main
+
+        return grpo_main(argv)
     parser = make_parser()
-    recipe_args, config, model_args = parser.parse_args_and_config(sys.argv[1:] if argv is None else argv)
+    recipe_args, config, model_args = parser.parse_args_and_config(argv)
     missing = [flag for flag, value in (("--model", model_args.model_name_or_path), ("--dataset", recipe_args.dataset_name), ("--output", config.output_dir)) if not value]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
+    if not 0.0 <= recipe_args.ar_fraction <= 1.0:
+        raise ValueError(f"--ar_fraction must be in [0, 1], got {recipe_args.ar_fraction}")
     outcome = train(recipe_args, config, model_args)
     report = outcome.report
     for _, reason in report.skipped:
