@@ -695,6 +695,7 @@ def test_push_without_network_is_one_line(capsys, tmp_path, folders, monkeypatch
 def test_python_api_refusals(tmp_path, folders, problems):
     from curator.pipeline import curate_file
     from multiverse.convert import convert
+    from trl_recipes import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
     from trl_recipes.train import train
 
     with pytest.raises(ValueError, match="is the input file"):
@@ -707,7 +708,9 @@ def test_python_api_refusals(tmp_path, folders, problems):
     assert (mine / "a.txt").read_text() == "a"
     model = tmp_path / "model"
     shutil.copytree(folders["multiverse"], model)
+    data = RecipeArguments(dataset_name=str(problems))
     with pytest.raises(ValueError, match="would overwrite the model"):
-        train(str(model), str(problems), model, max_steps=1)
+        train(data, MultiverseSFTConfig(output_dir=str(model), max_steps=1), MultiverseModelConfig(model_name_or_path=str(model)))
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        train(str(tmp_path / "x" / "y"), str(problems), tmp_path / "out", max_steps=1)
+        missing = MultiverseModelConfig(model_name_or_path=str(tmp_path / "x" / "y"))
+        train(data, MultiverseSFTConfig(output_dir=str(tmp_path / "out"), max_steps=1), missing)
