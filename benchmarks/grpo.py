@@ -47,15 +47,20 @@ def quick_sft(out: Path, args) -> None:
     from curator.export import to_datasets
     from curator.pipeline import curate_file
     from multiverse.convert import convert
+    from trl_recipes import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
     from trl_recipes.train import train
 
     curate_file(out / "train.jsonl", out / "curated.jsonl", backend="rules")
-    data = to_datasets(out / "curated.jsonl", out / "train.jsonl")["multiverse"]
+    to_datasets(out / "curated.jsonl", out / "train.jsonl").save_to_disk(str(out / "datasets"))
     base = convert("smollm2", out / "base", overwrite=True)
     outcome = train(
-        str(base), data, out / "sft-model", recipe="multiverse", max_length=512, packing=True, max_steps=args.sft_steps,
-        per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=4e-4, lr_scheduler_type="cosine",
-        warmup_steps=2, bf16=False, use_cpu=True, logging_steps=1, save_strategy="no", report_to="none", seed=args.seed,
+        RecipeArguments(recipe="multiverse", dataset_name=str(out / "datasets"), dataset_train_split="multiverse", pack_examples=True),
+        MultiverseSFTConfig(
+            output_dir=str(out / "sft-model"), max_length=512, max_steps=args.sft_steps, per_device_train_batch_size=2,
+            gradient_accumulation_steps=2, learning_rate=4e-4, lr_scheduler_type="cosine", warmup_steps=2, bf16=False,
+            use_cpu=True, logging_steps=1, save_strategy="no", report_to="none", seed=args.seed,
+        ),
+        MultiverseModelConfig(model_name_or_path=str(base)),
     )
     log(f"sft: loss {outcome.losses[0]:.3f} -> {outcome.losses[-1]:.3f}")
 
@@ -74,14 +79,18 @@ def evaluate_model(model_dir: Path, held_out: Path, report: Path, args) -> None:
 
 
 def run_grpo(sft_model: Path, out: Path, args) -> None:
-    from trl_recipes.grpo import GRPORecipeArguments, train_grpo
+    from trl_recipes import MultiverseModelConfig
+    from trl_recipes.grpo import GRPORecipeArguments, MultiverseGRPOConfig, train_grpo
 
     outcome = train_grpo(
-        str(sft_model), str(out / "train.jsonl"), out / "grpo-model", recipe_args=GRPORecipeArguments(),
-        max_steps=args.grpo_steps, num_generations=args.group, per_device_train_batch_size=args.group * args.prompts,
-        max_completion_length=args.max_new_tokens, learning_rate=args.lr, temperature=1.0, beta=0.0,
-        reward_weights=[1.0, 0.25, 0.5], logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        seed=args.seed, lr_scheduler_type="constant",
+        GRPORecipeArguments(dataset_name=str(out / "train.jsonl")),
+        MultiverseGRPOConfig(
+            output_dir=str(out / "grpo-model"), max_steps=args.grpo_steps, num_generations=args.group,
+            per_device_train_batch_size=args.group * args.prompts, max_completion_length=args.max_new_tokens,
+            learning_rate=args.lr, temperature=1.0, beta=0.0, reward_weights=[1.0, 0.25, 0.5], logging_steps=1,
+            save_strategy="no", report_to="none", use_cpu=True, seed=args.seed, lr_scheduler_type="constant",
+        ),
+        MultiverseModelConfig(model_name_or_path=str(sft_model)),
     )
     (out / "grpo-log.json").write_text(json.dumps(outcome.log_history, indent=2) + "\n")
 
@@ -132,7 +141,7 @@ def main() -> None:
     stage("problems", out / "held_out.jsonl", lambda: make_problems(out, args))
     sft_model = args.sft_model or out / "sft-model"
     if args.sft_model is None:
-        stage("sft", sft_model, lambda: quick_sft(out, args))
+        stage("sft", sft_model / "config.json", lambda: quick_sft(out, args))  # the trainer makes the folder early
     stage("before", out / "eval-before.json", lambda: evaluate_model(sft_model, out / "held_out.jsonl", out / "eval-before.json", args))
     stage("grpo", out / "grpo-log.json", lambda: run_grpo(sft_model, out, args))
     plot(out)

@@ -61,6 +61,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(ignored)}: {'does' if len(ignored) == 1 else 'do'} nothing with --backend {args.backend}")
     if args.backend == "local" and not args.model:
         raise ValueError("--backend local needs --model (a model id or folder)")
+    if args.backend == "local":
+        from modeling_multiverse.paths import model_config
+
+        model_config(args.model, "--model")
     if args.push_to_hub and not args.export_dir:
         raise ValueError("--push-to-hub needs --export-dir (the dataset it pushes)")
     if args.export_dir:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from modeling_multiverse.paths import same_path
+from modeling_multiverse.paths import same_path, write_text_atomic
 from modeling_multiverse.structure import parallel_user_turn, remove_tags
 
 from .pipeline import read_curated, read_problems, summarize
@@ -108,7 +108,7 @@ def save_dataset(
         for name, split in data.items():
             split.to_parquet(str(out / f"{name}.parquet"))
     card = dataset_card(data, summary, push_to_hub)
-    (out / "README.md").write_text(card, encoding="utf-8")
+    write_text_atomic(out / "README.md", card)
     if push_to_hub:
         from huggingface_hub import DatasetCard
 

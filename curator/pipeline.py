@@ -142,8 +142,7 @@ def recover_output(path: str | os.PathLike, fd: int | None = None) -> dict[str, 
     fd = os.open(path, os.O_WRONLY | os.O_APPEND) if own else fd
     try:
         try:
-            json.loads(tail)
-            whole = True
+            whole = isinstance(json.loads(tail), dict)
         except (json.JSONDecodeError, UnicodeDecodeError):
             whole = False
         if whole:  # read_curated checked it: a complete record whose newline was never written

@@ -242,7 +242,10 @@ def write_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Write rows as JSONL atomically (a temporary file renamed into place): never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(f"--out {path}: cannot write there ({err.strerror})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:

@@ -37,7 +37,7 @@ def check_file(path: str | os.PathLike) -> Path:
 
 def _parse(path: Path, number: int, raw: bytes) -> dict:
     try:
-        record = json.loads(raw.decode("utf-8"))
+        record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))  # a BOM some editors write
     except UnicodeDecodeError as err:
         raise JsonlError(path, number, f"not UTF-8 text (byte {err.start})") from None
     except json.JSONDecodeError as err:

@@ -96,3 +96,21 @@ def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether `path` is `folder` or lies under it."""
     path, folder = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
     return path == folder or folder in path.parents
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temporary sibling and rename it into place: readers never see a half-written file."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from modeling_multiverse.paths import write_text_atomic
+
 
 @dataclass
 class DemoSettings:
@@ -75,7 +77,7 @@ class StageLog:
         start = time.perf_counter()
         work()
         self.seconds[name] = round(time.perf_counter() - start, 1)
-        self.path.write_text(json.dumps({"seconds": self.seconds}, indent=2) + "\n")
+        write_text_atomic(self.path, json.dumps({"seconds": self.seconds}, indent=2) + "\n")
         print(f"[demo] {name}: {self.seconds[name]:.0f} s", flush=True)
 
 
@@ -92,7 +94,7 @@ def run_demo(out: str | Path, settings: DemoSettings) -> dict:
     settings_file = out / "settings.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != json.loads(json.dumps(asdict(settings))):
         raise ValueError(f"{out} holds a run with other settings ({settings_file}); use another --out")
-    settings_file.write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    write_text_atomic(settings_file, json.dumps(asdict(settings), indent=2) + "\n")
     log = StageLog.load(out / "stages.json")
     problems, held_out, curated = out / "problems.jsonl", out / "held_out.jsonl", out / "curated.jsonl"
     datasets_dir, base = out / "datasets", out / "smollm2-multiverse-base"
@@ -162,7 +164,7 @@ def _evaluate(model_dir: Path, held_out: Path, report_path: Path, settings: Demo
         model, tokenizer, records, "builtin", max_new_tokens=settings.max_new_tokens,
         batch_size=settings.eval_batch_size, parallel_prompt=True,
     )
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
 
 
 def _summarize(out: Path, settings: DemoSettings, log: StageLog, reports: dict[str, Path]) -> dict:
@@ -197,7 +199,7 @@ def _summarize(out: Path, settings: DemoSettings, log: StageLog, reports: dict[s
 
 def _report(out: Path, summary: dict, reports: dict[str, Path], models: dict[str, Path]) -> None:
     summary["stage_seconds"]["report"] = 0.0
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     per_problem = {name: json.loads(path.read_text())["records"] for name, path in reports.items()}
     _plots(out, summary, per_problem)
     lines = [
@@ -230,7 +232,7 @@ def _report(out: Path, summary: dict, reports: dict[str, Path], models: dict[str
         "![accuracy](accuracy.png) ![parallelism](parallelism.png) ![speedup](speedup.png)",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text_atomic(out / "report.md", "\n".join(lines))
     _cards(summary, reports, models)
 
 

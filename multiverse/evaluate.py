@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.grading import KINDS, extract_answer, grade, integer_reference
 from modeling_multiverse import (
     MissingTagsError,
     StructureError,
@@ -37,7 +38,6 @@ from modeling_multiverse import (
     parse_text,
     tag_ids_from_tokenizer,
 )
-from evaluation.grading import KINDS, extract_answer, grade, integer_reference
 from modeling_multiverse.jsonl import iter_jsonl
 
 ANSWER_HINTS: dict[str, str] = {
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # (importing modeling_multiverse registered ours)
 
-    from modeling_multiverse.paths import context_length, multiverse_config, same_path
+    from modeling_multiverse.paths import context_length, multiverse_config, same_path, write_text_atomic
 
     records, kind = load_records(args.data, args.kind, args.limit)
     config = multiverse_config(args.model, "--model")  # before loading: a plain model would load as random weights
@@ -365,10 +365,6 @@ def main(argv: list[str] | None = None) -> int:
     report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt)
     print(format_summary(report))
     if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        staging = output.with_name(f".{output.name}.tmp")  # renamed into place: never a half-written report
-        staging.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        staging.replace(output)
+        write_text_atomic(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         print(f"report written to {args.output}")
     return 0

@@ -153,13 +153,12 @@ def test_closed_pipe_ends_quietly(capsys, tmp_path, folders, monkeypatch):
 def test_end_to_end_processes_show_one_line_and_no_traceback(tmp_path, folders):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "multiverse.cli"]
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "a", "response": "<Think>x</Think>"}\n{"id": "b", "response": \n')
-    result = subprocess.run([*command, "inspect", str(bad), "--tokenizer", str(folders["multiverse"])],
+    out = tmp_path / "problems.jsonl"
+    result = subprocess.run([*command, "data", "synth", "--n", "3", "--nesting", "2", "--out", str(out)],
                             capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith(f"multiverse inspect: {bad}:2: not valid JSON (Expecting value")
+    assert result.stderr == "multiverse data: nesting is a probability in [0, 1], got 2.0\n"
+    assert not out.exists()
     # `| head -1`: the reader goes away after one line; the writer stops quietly
     many = tmp_path / "many.jsonl"
     many.write_text("".join(json.dumps({"id": str(i), "response": "<Think>x</Think>y"}) + "\n" for i in range(3000)))
@@ -462,10 +461,11 @@ def test_curate_refuses_a_foreign_output_without_final_newline(capsys, problems,
     output.write_text('{"my": "notes"}\nlast line without newline')
     before = snapshot(output)
     refused(run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"), str(output), "not a curated record")
-    output.write_text("just text")
-    before = snapshot(output)
-    refused(run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"), f"{output}:1:")
     assert snapshot(output) == before
+    for text in ("just text", "5", '[1, 2]'):  # no newline at the end of any: each used to be cut to nothing
+        output.write_text(text)
+        refused(run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"), f"{output}:1:")
+        assert output.read_text() == text
 
 
 def test_curate_keeps_a_whole_last_record_missing_its_newline(capsys, problems, tmp_path):
@@ -695,7 +695,7 @@ def test_push_without_network_is_one_line(capsys, tmp_path, folders, monkeypatch
 def test_python_api_refusals(tmp_path, folders, problems):
     from curator.pipeline import curate_file
     from multiverse.convert import convert
-    from trl_recipes import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
+    from trl_recipes.config import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
     from trl_recipes.train import train
 
     with pytest.raises(ValueError, match="is the input file"):
@@ -708,9 +708,11 @@ def test_python_api_refusals(tmp_path, folders, problems):
     assert (mine / "a.txt").read_text() == "a"
     model = tmp_path / "model"
     shutil.copytree(folders["multiverse"], model)
+    before = snapshot(model)
     data = RecipeArguments(dataset_name=str(problems))
     with pytest.raises(ValueError, match="would overwrite the model"):
-        train(data, MultiverseSFTConfig(output_dir=str(model), max_steps=1), MultiverseModelConfig(model_name_or_path=str(model)))
+        train(data, MultiverseSFTConfig(output_dir=str(model), report_to="none"), MultiverseModelConfig(model_name_or_path=str(model)))
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        missing = MultiverseModelConfig(model_name_or_path=str(tmp_path / "x" / "y"))
-        train(data, MultiverseSFTConfig(output_dir=str(tmp_path / "out"), max_steps=1), missing)
+        train(data, MultiverseSFTConfig(output_dir=str(tmp_path / "out"), report_to="none"),
+              MultiverseModelConfig(model_name_or_path=str(tmp_path / "x" / "y")))
+    assert snapshot(model) == before

@@ -1,6 +1,5 @@
 """Graders on known answers: the shared MATH500 and AIME files, multiple choice, the built-in task."""
 
-import json
 import random
 
 import pytest
@@ -14,10 +13,11 @@ from evaluation.grading import (
     math_equal,
     normalize_math,
 )
+from modeling_multiverse.jsonl import iter_jsonl
 
 
 def read_jsonl(path):
-    return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
+    return [record for _, record in iter_jsonl(path)]
 
 
 def test_math500_solutions_grade_correct_against_their_answers(shared_dir):

@@ -167,6 +167,32 @@ def test_cli_refuses_bad_data(tmp_path, capsys):
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "2+2?"}) + "\n")
-    code = main(["--recipe", "grpo", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o"), "--use_cpu", "true", "--report_to", "none"])
-    assert code == 2 and "needs `answer`" in capsys.readouterr().err
+    from multiverse.cli import main as cli
+
+    capsys.readouterr()  # the model's save progress
+    code = cli(["train", "--recipe", "grpo", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o"), "--use_cpu", "true", "--report_to", "none"])
+    err = capsys.readouterr().err
+    last = err.strip().replace("\r", "\n").splitlines()[-1]  # after the datasets loader's progress bar
+    assert code == 2 and last.startswith("multiverse train: ") and "needs `answer`" in last and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["grpo-smollm2-cpu", "grpo-qwen2.5-7b-lora"])
+def test_grpo_yaml_configs_parse(name):
+    from pathlib import Path
+
+    from trl import TrlParser
+
+    from trl_recipes.config import MultiverseModelConfig
+    from trl_recipes.grpo import GRPORecipeArguments, MultiverseGRPOConfig
+    from trl_recipes.train import _requested_recipe
+
+    config = Path(__file__).resolve().parents[1] / "trl_recipes" / "configs" / f"{name}.yaml"
+    argv = ["--config", str(config), "--model", "m", "--dataset", "d", "--output", "o"]
+    assert _requested_recipe(argv) == "grpo"
+    cpu = [] if torch.cuda.is_available() else ["--bf16", "false", "--gradient_checkpointing", "false"]
+    parser = TrlParser((GRPORecipeArguments, MultiverseGRPOConfig, MultiverseModelConfig))
+    recipe, grpo, model = parser.parse_args_and_config(argv + cpu)
+    assert recipe.rewards == ["correctness", "format", "parallel"] and len(grpo.reward_weights) == 3
+    assert grpo.scale_rewards == "none" and grpo.temperature == 1.0 and grpo.top_k == 0
+    assert model.use_peft == (name == "grpo-qwen2.5-7b-lora")

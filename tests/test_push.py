@@ -84,7 +84,8 @@ def test_unusable_targets_are_refused(tmp_path, calls, capsys):
         validate_folder(tmp_path)
     with pytest.raises(FolderError, match="not a folder"):
         validate_folder(tmp_path / "missing")
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path), "--repo-id", "bad id with spaces"])
-    assert exit_info.value.code == 2 and "--repo-id" in capsys.readouterr().err
+    from multiverse.cli import main as cli_main
+
+    assert cli_main(["push", str(tmp_path), "--repo-id", "bad id with spaces"]) == 2
+    assert "--repo-id" in capsys.readouterr().err
     assert calls == []

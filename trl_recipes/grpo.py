@@ -41,8 +41,12 @@ Reward design, against the three published RL recipes for parallel reasoning:
 From Python:
 
 Example:
-    >>> outcome = train_grpo("runs/demo/multiverse-model", "held_out.jsonl", "out/grpo", max_steps=2)  # doctest: +SKIP
-    >>> outcome.log_history[-1]["train_loss"]  # doctest: +SKIP
+    >>> outcome = train_grpo(
+    ...     GRPORecipeArguments(dataset_name="problems.jsonl"),
+    ...     MultiverseGRPOConfig(output_dir="out/grpo", max_steps=2, num_generations=4, max_completion_length=256),
+    ...     MultiverseModelConfig(model_name_or_path="runs/demo/multiverse-model"),
+    ... )  # doctest: +SKIP
+    >>> [h["rewards/parallel/mean"] for h in outcome.log_history if "loss" in h]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -56,14 +60,13 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from transformers import AutoTokenizer
+from transformers import PreTrainedModel
 from trl import GRPOConfig, GRPOTrainer, TrlParser, get_peft_config
 from trl.models.utils import unwrap_model_for_generation
 
 from evaluation.grading import KINDS, grade
 from modeling_multiverse import (
     TAGS,
-    MultiverseForCausalLM,
     StructureError,
     batch_intervals,
     mask_for,
@@ -84,6 +87,7 @@ from modeling_multiverse.structure import (
 
 from .config import MultiverseModelConfig
 from .export import save_hub_ready
+from .train import _check_paths, _hub_base, load_model
 
 REWARDS = ("correctness", "format", "parallel")
 _CLOSING_TAGS = tuple(TAGS[k] for k in (OUTLINE_END, GOAL_END, PATH_END, CONCLUSION_END, PARALLEL_END))
@@ -410,59 +414,67 @@ class GRPOOutcome:
 
 
 def train_grpo(
-    model: str,
-    dataset: str | Dataset,
-    output_dir: str | Path,
+    recipe_args: GRPORecipeArguments,
+    config: MultiverseGRPOConfig,
+    model_args: MultiverseModelConfig | None = None,
     *,
-    recipe_args: GRPORecipeArguments | None = None,
-    args: MultiverseGRPOConfig | None = None,
-    peft_config=None,
-    dtype: str | None = None,
-    attn_implementation: str | None = None,
-    **config_kwargs,
+    model: PreTrainedModel | None = None,
+    tokenizer=None,
+    dataset: Dataset | None = None,
 ) -> GRPOOutcome:
-    """GRPO on `model` (a Multiverse model folder or Hub id) over `dataset`; writes a Hub-ready folder."""
-    if args is not None and config_kwargs:
-        raise ValueError(f"pass GRPOConfig fields either in args= or as keywords, not both (got {sorted(config_kwargs)})")
-    recipe_args = recipe_args or GRPORecipeArguments()
-    args = args or MultiverseGRPOConfig(output_dir=str(output_dir), **config_kwargs)
-    args.output_dir = str(output_dir)
-    if Path(output_dir).resolve() == Path(model).resolve():
-        raise ValueError(f"--output {output_dir} is the --model folder: write the trained model elsewhere")
-    kwargs = {"dtype": torch.float32 if dtype in (None, "float32") else dtype if dtype == "auto" else getattr(torch, dtype)}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    loaded = MultiverseForCausalLM.from_pretrained(model, **kwargs)
-    if loaded.config.model_type != "multiverse":
-        raise ValueError(f"--model {model} is not a Multiverse model: convert it (`multiverse convert`) and SFT it first")
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    """GRPO on a Multiverse model; writes a Hub-ready folder to `config.output_dir`. As `train.train`: the model
+    comes from `model_args` (name, dtype, attention, LoRA) or loaded as `model` with its `tokenizer`; the problems
+    from `recipe_args.dataset_name` or as `dataset`."""
+    model_args = model_args or MultiverseModelConfig()
+    if (model is None) == (model_args.model_name_or_path is None):
+        raise ValueError("give the model either as model_args.model_name_or_path or loaded as model=, not both")
+    if (dataset is None) == (recipe_args.dataset_name is None):
+        raise ValueError("give the problems either as recipe_args.dataset_name or loaded as dataset=, not both")
+    # the model and output checks of the SFT recipe; problems are checked by `load_problems` (other columns)
+    _check_paths(model_args.model_name_or_path if model is None else model, None, config.output_dir, "multiverse")
+    if dataset is None and Path(recipe_args.dataset_name).resolve() == Path(config.output_dir).resolve():
+        raise ValueError(f"--output {config.output_dir} would overwrite the problems (--dataset {recipe_args.dataset_name})")
+    reward_funcs = reward_functions(recipe_args)
+    problems = load_problems(
+        dataset if dataset is not None else recipe_args.dataset_name,
+        split=recipe_args.dataset_train_split,
+        config=recipe_args.dataset_config,
+    )
+    if model is None:
+        base_name = _hub_base(model_args.model_name_or_path)
+        model, tokenizer = load_model(model_args, "multiverse")
+    elif tokenizer is None:
+        raise ValueError("train_grpo(model=<loaded model>) needs tokenizer=")
+    else:
+        base_name = model.config.name_or_path or None
     tokenizer.padding_side = "left"
-    problems = load_problems(dataset, split=recipe_args.dataset_train_split, config=recipe_args.dataset_config)
+    peft_config = get_peft_config(model_args)
     engine_options = {
         "max_depth": recipe_args.max_depth,
         "max_branches": recipe_args.max_branches,
         "max_branch_tokens": recipe_args.max_branch_tokens,
     }
     trainer = MultiverseGRPOTrainer(
-        model=loaded,
-        reward_funcs=reward_functions(recipe_args),
-        args=args,
+        model=model,
+        reward_funcs=reward_funcs,
+        args=config,
         train_dataset=problems,
         processing_class=tokenizer,
         peft_config=peft_config,
         engine_options=engine_options,
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     training = {
         "problems": len(problems),
         "steps": trainer.state.global_step,
         "rewards": ", ".join(recipe_args.rewards),
-        "reward_weights": args.reward_weights,
-        "num_generations": args.num_generations,
+        "reward_weights": config.reward_weights,
+        "num_generations": config.num_generations,
         "lora": peft_config is not None,
     }
-    save_hub_ready(trainer, output_dir, recipe="grpo", base_model=model, training=training)
-    return GRPOOutcome(Path(output_dir), trainer.state.log_history)
+    output_dir = Path(config.output_dir)
+    save_hub_ready(trainer, output_dir, recipe="grpo", base_model=base_name, training=training)
+    return GRPOOutcome(output_dir, trainer.state.log_history)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,20 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f for f, v in (("--model", model_args.model_name_or_path), ("--dataset", recipe_args.dataset_name), ("--output", config.output_dir)) if not v]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
-    try:
-        outcome = train_grpo(
-            model_args.model_name_or_path,
-            recipe_args.dataset_name,
-            config.output_dir,
-            recipe_args=recipe_args,
-            args=config,
-            peft_config=get_peft_config(model_args),
-            dtype=model_args.dtype,
-            attn_implementation=model_args.attn_implementation,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"multiverse train --recipe grpo: {err}", file=sys.stderr)
-        return 2
+    outcome = train_grpo(recipe_args, config, model_args)  # bad input raises: the CLI prints it as one line
     steps = [h for h in outcome.log_history if "loss" in h]
     keys = ["loss"] + [f"rewards/{name}/mean" for name in recipe_args.rewards] + ["multiverse/parallelism"]
     for h in steps:
