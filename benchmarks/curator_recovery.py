@@ -24,7 +24,7 @@ from pathlib import Path
 
 from curator.plan import iter_blocks
 from curator.rules import RulesStructurer
-from modeling_multiverse.structure import TEXT, StructureError, item_texts, parse_text, tag_kind
+from modeling_multiverse.structure import TEXT, StructureError, parse_text, split_tags, tag_kind
 
 DEFAULT_TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces" / "math500_multiverse_responses.jsonl"
 LINE_LABEL = re.compile(r"^\s*\d+(?:\.\d+)*:\s?")
@@ -34,7 +34,7 @@ def flatten_with_lines(response: str):
     """(lines, line_of_item_start): the Think body's non-empty lines with tags and labels removed, and for
     every item the index of the first line at or after its start (to map blocks onto lines)."""
     structure = parse_text(response, require_think=True)
-    items = item_texts(response)
+    items = split_tags(response)
     lines: list[str] = []
     line_at_item: list[int] = []
     pending = ""

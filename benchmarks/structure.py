@@ -6,8 +6,8 @@ Usage:
 
 Each measurement runs in a fresh subprocess on synthetic token ids with a random nested structure
 (many blocks, 2-4 paths, depth up to 3, truncated at the target length). What is measured is the
-public entry point `multiverse_attention_inputs(input_ids, tag_ids)`: parse, per-token arrays,
-then either the flex_attention `BlockMask` (the O(S) path) or the dense additive fp32 mask.
+public entry points `mask_for(*batch_intervals(input_ids, tag_ids)[1:], implementation)`: parse,
+per-token arrays, then either the flex_attention `BlockMask` (the O(S) path) or the dense additive fp32 mask.
 
 Memory method (honest about what it is): Linux peak resident set size. Before the measured call
 the child resets its peak (`/proc/self/clear_refs` <- 5) and reads VmRSS; after the call it reads
@@ -80,7 +80,7 @@ def _status_kib(key: str) -> int:
 def child(length: int, mode: str, repeats: int, threads: int) -> dict:
     import torch
 
-    from modeling_multiverse import TAGS, multiverse_attention_inputs, structure_of_ids
+    from modeling_multiverse import TAGS, batch_intervals, mask_for, structure_of_ids
 
     torch.set_num_threads(threads)
     tag_ids = {tag: TEXT_TOKEN_RANGE + k for k, tag in enumerate(TAGS)}
@@ -90,10 +90,11 @@ def child(length: int, mode: str, repeats: int, threads: int) -> dict:
     structure = structure_of_ids(input_ids[0], tag_ids)
     blocks = int((kinds == TAGS.index("<Parallel>")).sum())
 
-    def call():
-        return multiverse_attention_inputs(input_ids, tag_ids, implementation=implementation)
+    def call(ids=input_ids):
+        position_ids, forbid_lo, forbid_hi = batch_intervals(ids, tag_ids)
+        return mask_for(forbid_lo, forbid_hi, implementation), position_ids
 
-    multiverse_attention_inputs(input_ids[:, :512], tag_ids, implementation=implementation)  # warm lazy imports
+    call(input_ids[:, :512])  # warm lazy imports
     open("/proc/self/clear_refs", "w").write("5")
     rss_before = _status_kib("VmRSS")
     tracemalloc.start()

@@ -26,13 +26,11 @@ from modeling_multiverse import (
     TAGS,
     MultiverseConfig,
     MultiverseForCausalLM,
-    block_mask,
-    dense_mask,
+    batch_intervals,
     format_parallel,
     format_response,
+    mask_for,
     split_tags,
-    stack,
-    structure_of_ids,
 )
 
 # SmolLM2-135M's shape, used when neither --model nor the embedded wheel is available.
@@ -86,17 +84,17 @@ def multiverse_ids(length: int, tag_ids: dict[str, int], vocab: int, seed: int) 
 
 
 def measure(model, ids: torch.Tensor, backend: str, tag_ids: dict[str, int], steps: int, device: str) -> dict:
-    model.set_attn_implementation("flex_attention" if backend == "flex" else "sdpa")
+    implementation = "flex_attention" if backend == "flex" else "sdpa"
+    model.set_attn_implementation(implementation)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    structures = [structure_of_ids(row, tag_ids) for row in ids.cpu()]
-    position_ids, lo, hi = (t.to(device) for t in stack(structures, [0] * len(structures), ids.shape[1]))
+    position_ids, lo, hi = batch_intervals(ids, tag_ids)  # what the collator gives the trainer
     if backend == "causal":
         position_ids = torch.arange(ids.shape[1], device=device)[None].expand_as(ids)
 
     def build_mask():
         if backend == "causal":
             return None
-        return dense_mask(lo, hi, model.dtype) if backend == "dense" else block_mask(lo, hi)
+        return mask_for(lo, hi, implementation, model.dtype)
 
     def step():
         loss = model(input_ids=ids, attention_mask=build_mask(), position_ids=position_ids, labels=ids).loss

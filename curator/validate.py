@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from modeling_multiverse.structure import Block, Structure, StructureError, item_texts, parse_text, remove_tags
+from modeling_multiverse.structure import Block, Structure, StructureError, parse_text, remove_tags, split_tags
 
 from .quantities import analyse, numbers_in
 
@@ -119,7 +119,7 @@ def validate_response(
         structure = parse_text(response, require_think=True)
     except StructureError as err:
         return Verdict(False, f"grammar: {err}")
-    items = item_texts(response)
+    items = split_tags(response)
     scores = structure_scores(structure)
     problem = check_labels(structure, items)
     if problem:

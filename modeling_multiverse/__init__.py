@@ -2,7 +2,7 @@
 
 from transformers import AutoModelForCausalLM
 
-from .attention import block_mask, dense_mask, multiverse_attention_inputs, pack, stack, structure_of_ids
+from .attention import batch_intervals, block_mask, dense_mask, mask_for, pack, stack, structure_of_ids
 from .configuration_multiverse import SUPPORTED_BASES, MultiverseConfig
 from .modeling_multiverse import MultiverseForCausalLM
 from .structure import (
@@ -43,10 +43,11 @@ __all__ = [
     "TokenStructure",
     "add_multiverse_tokens",
     "add_tag_tokens",
+    "batch_intervals",
     "block_mask",
     "dense_mask",
     "encode_chat",
-    "multiverse_attention_inputs",
+    "mask_for",
     "pack",
     "format_parallel",
     "format_response",

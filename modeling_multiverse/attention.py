@@ -1,13 +1,18 @@
 """Multiverse Attention (SPEC 4) and position ids (SPEC 5) for batches.
 
-Two mask forms come from the same O(S) per-token arrays (`TokenStructure`):
+Every mask starts from a batch's O(S) per-token arrays: `batch_intervals` gives the position ids and,
+per token, the key intervals it may not see. `mask_for` turns those into the mask an attention
+implementation takes, in one of two forms:
 - `dense_mask`: an additive float mask `[B, 1, Q, K]` for sdpa and eager attention. Additive on
   purpose: transformers' eager attention adds a bool 4D mask instead of masking with it.
 - `block_mask`: a flex_attention `BlockMask` built block by block from the intervals, never
   materialising the S x S mask (O(S) memory beyond the (S/128)^2 block table).
+The model's forward, the Triton kernel path (which reads the intervals themselves) and the trainer
+(which gets the intervals from its collator) all build their masks with these two functions.
 
 Example:
-    >>> mask, position_ids = multiverse_attention_inputs(input_ids, tag_ids, attention_mask)  # doctest: +SKIP
+    >>> position_ids, forbid_lo, forbid_hi = batch_intervals(input_ids, tag_ids, attention_mask)  # doctest: +SKIP
+    >>> mask = mask_for(forbid_lo, forbid_hi, "sdpa", torch.float32)  # doctest: +SKIP
     >>> model.model(input_ids, attention_mask=mask, position_ids=position_ids)  # doctest: +SKIP
 """
 
@@ -166,19 +171,16 @@ def block_mask(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, block_size: int
     )
 
 
-def multiverse_attention_inputs(
-    input_ids: torch.Tensor,
-    tag_ids: TagIds,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    partial: bool = True,
-):
-    """Mask and position ids for a batch of token ids with tags, honouring a 2D padding mask.
+def batch_intervals(
+    input_ids: torch.Tensor, tag_ids: TagIds, attention_mask: torch.Tensor | None = None, *, partial: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(position_ids [B, S], forbid_lo [B, D, S], forbid_hi [B, D, S])` of a batch of token ids with tags,
+    on the ids' device, a 2D padding mask folded into the intervals (left or right padding; no holes).
 
-    Returns `(mask, position_ids)`: `mask` is a `BlockMask` when `implementation == "flex_attention"`,
-    else an additive float `[B, 1, S, S]` tensor.
+    >>> from modeling_multiverse import TAGS
+    >>> tag_ids = {tag: 100 + k for k, tag in enumerate(TAGS)}
+    >>> batch_intervals(torch.tensor([[0, 7, 8]]), tag_ids, torch.tensor([[0, 1, 1]]))[0]  # left padding
+    tensor([[0, 0, 1]])
     """
     batch, length = input_ids.shape
     ids_cpu = input_ids.detach().cpu()
@@ -195,7 +197,19 @@ def multiverse_attention_inputs(
         offsets.append(start)
     position_ids, lo, hi = stack(structures, offsets, length)
     device = input_ids.device
-    position_ids, lo, hi = position_ids.to(device), lo.to(device), hi.to(device)
+    return position_ids.to(device), lo.to(device), hi.to(device)
+
+
+def mask_for(
+    forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, implementation: str = "sdpa", dtype: torch.dtype = torch.float32
+):
+    """The mask an attention `implementation` takes for these intervals: a flex `BlockMask` for
+    `flex_attention`, else an additive `dtype` tensor `[B, 1, S, S]` (sdpa, eager).
+
+    >>> causal = torch.zeros(1, 1, 3, dtype=torch.long)
+    >>> mask_for(causal, causal).shape
+    torch.Size([1, 1, 3, 3])
+    """
     if implementation == "flex_attention":
-        return block_mask(lo, hi), position_ids
-    return dense_mask(lo, hi, dtype), position_ids
+        return block_mask(forbid_lo, forbid_hi)
+    return dense_mask(forbid_lo, forbid_hi, dtype)

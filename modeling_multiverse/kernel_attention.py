@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .attention import dense_mask, stack, structure_of_ids
-from .structure import TagIds
+from .attention import dense_mask
 
 try:  # optional: the file ships as Hub remote code, where `kernels` may be absent
     from kernels import LayerRepository, LocalLayerRepository, Mode, kernelize, use_kernel_forward_from_hub, use_kernel_mapping
@@ -68,28 +67,6 @@ class MultiverseAttention(nn.Module):
         value = value.repeat_interleave(heads_per_kv, dim=1)
         mask = dense_mask(forbid_lo, forbid_hi, query.dtype)
         return nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
-
-
-def interval_inputs(
-    input_ids: torch.Tensor, tag_ids: TagIds, attention_mask: torch.Tensor | None = None
-) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`((forbid_lo, forbid_hi), position_ids)` of a batch, padding folded into the intervals; no S x S tensor.
-
-    The same per-row structures as `attention.multiverse_attention_inputs`, before they become a mask.
-    """
-    batch, length = input_ids.shape
-    ids = input_ids.detach().cpu()
-    structures, offsets = [], []
-    for b in range(batch):
-        start, end = 0, length
-        if attention_mask is not None:
-            real = torch.nonzero(attention_mask[b].detach().cpu()).flatten()
-            start, end = (int(real[0]), int(real[-1]) + 1) if len(real) else (0, 0)
-        structures.append(structure_of_ids(ids[b, start:end], tag_ids))
-        offsets.append(start)
-    position_ids, lo, hi = stack(structures, offsets, length)
-    device = input_ids.device
-    return (lo.to(device), hi.to(device)), position_ids.to(device)
 
 
 def multiverse_kernel_attention(
@@ -169,6 +146,5 @@ __all__ = [
     "MULTIVERSE_KERNEL_ATTENTION",
     "MultiverseAttention",
     "enable_multiverse_kernels",
-    "interval_inputs",
     "register_multiverse_kernel_attention",
 ]

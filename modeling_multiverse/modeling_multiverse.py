@@ -20,11 +20,41 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .attention import multiverse_attention_inputs
+from .attention import batch_intervals, mask_for
 from .configuration_multiverse import MultiverseConfig
 from .generation import multiverse_generate, write_custom_generate
-from .kernel_attention import MULTIVERSE_KERNEL_ATTENTION, interval_inputs
-from .structure import TAGS
+from .kernel_attention import MULTIVERSE_KERNEL_ATTENTION
+from .structure import PARALLEL, TAGS
+
+
+def create_multiverse_mask(
+    config: MultiverseConfig,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    cache,
+    dtype: torch.dtype,
+):
+    """Multiverse Attention inputs for `forward`, as `create_causal_mask` builds the causal ones in
+    transformers' modeling files: `(attention_mask, position_ids, intervals)`, or None where the
+    model stays causal.
+
+    Structure is derived from the ids only for a fresh sequence with a `<Parallel>` whose mask is
+    absent or 2D (padding): an explicit 4D mask or `BlockMask` passes through, and cached decoding
+    (the engine) brings its own. The mask is what `config._attn_implementation` takes; the kernel
+    path gets no mask but the O(S) `intervals (forbid_lo, forbid_hi)`, padding folded in.
+    """
+    if not config.multiverse_attention or not config.tag_token_ids or input_ids is None:
+        return None
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+        return None
+    if cache is not None and cache.get_seq_length() > 0:
+        return None
+    if not bool((input_ids == config.tag_token_ids[TAGS[PARALLEL]]).any()):
+        return None
+    position_ids, forbid_lo, forbid_hi = batch_intervals(input_ids, config.tag_token_ids, attention_mask)
+    if config._attn_implementation == MULTIVERSE_KERNEL_ATTENTION:  # opted in: kernel_attention.py
+        return None, position_ids, (forbid_lo, forbid_hi)
+    return mask_for(forbid_lo, forbid_hi, config._attn_implementation, dtype), position_ids, None
 
 # transformers 5.17-5.23 name the KV cache `past_key_values` in forward arguments and outputs, 5.24 `cache`
 _CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -68,16 +98,6 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def _applies_multiverse_attention(self, input_ids, attention_mask, cache) -> bool:
-        """Structure is derived from the ids only for a fresh sequence whose mask is absent or 2D."""
-        if not self.config.multiverse_attention or not self.config.tag_token_ids or input_ids is None:
-            return False
-        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
-            return False
-        if cache is not None and cache.get_seq_length() > 0:
-            return False
-        return bool((input_ids == self.config.tag_token_ids[TAGS[2]]).any())  # a <Parallel> somewhere
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -92,21 +112,11 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         if cache is None and "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
-        if self._applies_multiverse_attention(input_ids, attention_mask, cache):
-            if self.config._attn_implementation == MULTIVERSE_KERNEL_ATTENTION:  # opted in: kernel_attention.py
-                # The kernel reads the O(S) intervals (padding folded in): no S x S mask is built.
-                kwargs["multiverse_intervals"], structure_positions = interval_inputs(
-                    input_ids, self.config.tag_token_ids, attention_mask
-                )
-                attention_mask = None
-            else:
-                attention_mask, structure_positions = multiverse_attention_inputs(
-                    input_ids,
-                    self.config.tag_token_ids,
-                    attention_mask,
-                    implementation=self.config._attn_implementation,
-                    dtype=self.dtype,
-                )
+        multiverse = create_multiverse_mask(self.config, input_ids, attention_mask, cache, self.dtype)
+        if multiverse is not None:
+            attention_mask, structure_positions, intervals = multiverse
+            if intervals is not None:
+                kwargs["multiverse_intervals"] = intervals
             if position_ids is None:
                 position_ids = structure_positions
         outputs = self.model(

@@ -90,11 +90,6 @@ class MissingTagsError(ValueError):
     """A tokenizer or config lacks some of the twelve tags as single tokens."""
 
 
-def tag_names() -> tuple[str, ...]:
-    """The twelve tags in canonical order."""
-    return TAGS
-
-
 def remove_tags(text: str) -> str:
     """Flatten a Multiverse response into plain sequential text: tags removed, paths kept in order.
 
@@ -325,10 +320,6 @@ class StructureParser:
     def expects_fork(self) -> bool:
         """True right after `</Goal>` closed the goal of an open block: the moment to fork (SPEC 6)."""
         return self.last_kind == GOAL_END and self.stack[-1].kind == PARALLEL
-
-    @property
-    def in_path(self) -> bool:
-        return self.stack[-1].kind == PATH
 
     # -- errors -----------------------------------------------------------------------------
     def _fail(self, index: int, found: int, expected: str) -> None:
@@ -769,7 +760,7 @@ def tag_constraints(
 def parse_text(text: str, *, partial: bool = False, require_think: bool = False) -> Structure:
     """Parse text. Items are tags and the text between them; errors give character offsets.
 
-    The returned tree indexes items; `item_texts(text)` gives them.
+    The returned tree indexes items; `split_tags(text)` gives them.
     """
     pieces = split_tags(text)
     offsets = []
@@ -787,11 +778,6 @@ def parse_text(text: str, *, partial: bool = False, require_think: bool = False)
         char = offsets[index] if index < len(offsets) else len(text)
         message = re.sub(r"\bitem (\d+)", lambda m: f"char {offsets[int(m.group(1))] if int(m.group(1)) < len(offsets) else len(text)}", str(err))
         raise StructureError(message, char) from None
-
-
-def item_texts(text: str) -> list[str]:
-    """The items `parse_text` indexes."""
-    return split_tags(text)
 
 
 # ----------------------------------------------------------------------------------------------

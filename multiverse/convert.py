@@ -131,26 +131,17 @@ def convert(base: str, out: str | Path, *, overwrite: bool = False, repo_id: str
 
 
 def _write_extras(folder: Path, base_name: str, repo_id: str) -> None:
-    """custom_generate/ and the model card, where those parts of the project are present."""
-    try:
-        from modeling_multiverse.generation import write_custom_generate
-    except ImportError:
-        write_custom_generate = None
-    if write_custom_generate is not None and not (folder / "custom_generate").exists():
-        write_custom_generate(folder)
-    try:
-        from cards import render_model_card
-    except ImportError:
-        render_model_card = None
-    if render_model_card is not None:
-        card = render_model_card(
-            repo_id=repo_id,
-            base_model=base_name,
-            summary=f"{base_name} converted to a Multiverse model: the tags added, Multiverse Attention and the "
-            "fork/merge engine attached, the weights unchanged. It has not been trained on Multiverse data yet, "
-            "so it still answers sequentially.",
-        )
-        card.save(folder / "README.md")
+    """The model card and the conversion record (`save_pretrained` wrote the rest, `custom_generate/` too)."""
+    from cards import render_model_card
+
+    card = render_model_card(
+        repo_id=repo_id,
+        base_model=base_name,
+        summary=f"{base_name} converted to a Multiverse model: the tags added, Multiverse Attention and the "
+        "fork/merge engine attached, the weights unchanged. It has not been trained on Multiverse data yet, "
+        "so it still answers sequentially.",
+    )
+    card.save(folder / "README.md")
     (folder / "multiverse_conversion.json").write_text(json.dumps({"base_model": base_name}, indent=2) + "\n")
 
 

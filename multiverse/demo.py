@@ -46,7 +46,7 @@ class DemoSettings:
     learning_rate: float = 4e-4
     warmup_steps: int = 2
     bf16_training: bool = True  # bf16 autocast trains faster on CPU; decoding is faster in fp32
-    max_new_tokens: int = 512  # room for a five-path response (398 tokens on average in the full run)
+    max_new_tokens: int = 512  # room for a five-path response (summary.json: mean_tokens_multiverse)
     eval_batch_size: int = 8
 
     @classmethod

@@ -16,9 +16,10 @@ from tiny import example_response, tiny_tokenizer
 from modeling_multiverse import (
     StructureError,
     add_tag_tokens,
+    batch_intervals,
     block_mask,
     dense_mask,
-    multiverse_attention_inputs,
+    mask_for,
     pack,
     stack,
     structure_of_ids,
@@ -154,11 +155,8 @@ def padded_batch(texts: list[str], side: str):
 @given(st.lists(response_prefixes(), min_size=1, max_size=3), st.sampled_from(["left", "right"]))
 def test_a_padded_batch_gives_each_row_its_own_mask_and_positions(texts, side):
     input_ids, attention_mask, spans = padded_batch(texts, side)
-    mask, position_ids = multiverse_attention_inputs(input_ids, TAG_IDS, attention_mask)
-    flex, flex_position_ids = multiverse_attention_inputs(
-        input_ids, TAG_IDS, attention_mask, implementation="flex_attention"
-    )
-    assert torch.equal(position_ids, flex_position_ids)
+    position_ids, lo, hi = batch_intervals(input_ids, TAG_IDS, attention_mask)
+    mask, flex = mask_for(lo, hi, "sdpa"), mask_for(lo, hi, "flex_attention")
     for b, ((start, end), text) in enumerate(zip(spans, texts)):
         allowed = allowed_of(mask[b, 0])
         assert torch.equal(evaluate_block_mask(flex, b), allowed)
@@ -172,7 +170,7 @@ def test_an_attention_mask_with_holes_is_refused():
     input_ids, attention_mask, _ = padded_batch(["abc", "abcdef"], "right")
     attention_mask[1, 2] = 0
     with pytest.raises(ValueError, match="holes"):
-        multiverse_attention_inputs(input_ids, TAG_IDS, attention_mask)
+        batch_intervals(input_ids, TAG_IDS, attention_mask)
 
 
 @settings(max_examples=10, deadline=None)

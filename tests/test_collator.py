@@ -11,8 +11,8 @@ from tiny import example_response, tiny_model
 
 from modeling_multiverse import (
     StructureError,
+    batch_intervals,
     dense_mask,
-    multiverse_attention_inputs,
     parse_text,
     remove_tags,
     tag_ids_from_tokenizer,
@@ -41,8 +41,8 @@ def rows(responses, prompt="What is 1+2?"):
 
 def reference(batch, tokenizer):
     """The core's mask and positions for the collated ids and padding mask."""
-    mask, positions = multiverse_attention_inputs(batch["input_ids"], tag_ids_from_tokenizer(tokenizer), batch["attention_mask"])
-    return mask, positions
+    positions, lo, hi = batch_intervals(batch["input_ids"], tag_ids_from_tokenizer(tokenizer), batch["attention_mask"])
+    return dense_mask(lo, hi), positions
 
 
 def test_collated_masks_and_positions_equal_the_core_reference(tokenizer):
@@ -112,7 +112,8 @@ def test_packed_documents_never_see_each_other(tokenizer):
         for s, e in zip(doc_starts, doc_starts[1:]):
             assert not allowed[b, s:e, :s].any()  # nothing before the document
             one = batch["input_ids"][b, s:e][None]
-            mask, positions = multiverse_attention_inputs(one, tag_ids_from_tokenizer(tokenizer))
+            positions, lo, hi = batch_intervals(one, tag_ids_from_tokenizer(tokenizer))
+            mask = dense_mask(lo, hi)
             assert torch.equal(allowed[b, s:e, s:e], mask[0, 0] == 0)
             assert torch.equal(pos[s:e], positions[0])
             starts[(b, s)] = e - s

@@ -8,7 +8,7 @@ from engine_skeleton import FREE, SkeletonProcessor, block, skeleton_template
 from tiny import tiny_model
 from transformers import AutoModelForCausalLM, LogitsProcessorList
 
-from modeling_multiverse import TAGS, parse_ids, tag_ids_from_tokenizer
+from modeling_multiverse import parse_ids, tag_ids_from_tokenizer
 from modeling_multiverse.generation import write_custom_generate
 
 SKELETONS = {
@@ -221,7 +221,7 @@ def test_bad_arguments_are_named(tiny):
     with pytest.raises(ValueError, match="tokenizer"):
         model.generate(input_ids=enc["input_ids"])
     tag = tag_ids_from_tokenizer(tokenizer)
-    open_block = torch.tensor([[5, tag[TAGS[2]], 6]])
+    open_block = torch.tensor([[5, tag["<Parallel>"], 6]])
     with pytest.raises(ValueError, match="prompt 0 ends inside"):
         model.generate(input_ids=open_block, tokenizer=tokenizer)
 

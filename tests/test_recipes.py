@@ -17,7 +17,7 @@ from peft import PeftModel
 from tiny import example_response, tiny_model
 from transformers import AutoModelForCausalLM
 
-from modeling_multiverse import MultiverseForCausalLM
+from modeling_multiverse import MultiverseForCausalLM, mask_for
 from trl_recipes import (
     MultiverseDataCollator,
     MultiverseModelConfig,
@@ -28,7 +28,6 @@ from trl_recipes import (
     train,
 )
 from trl_recipes.train import main
-from trl_recipes.trainer import attention_mask_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1, report_to="none", save_strategy="no")
@@ -83,6 +82,7 @@ def test_multiverse_recipe_trains_and_reloads_with_remote_code(tmp_path):
     with torch.no_grad():
         assert torch.allclose(torch.load(tmp_path / "logits.pt"), model.eval()(ids).logits, atol=1e-5)
     assert (outcome.output_dir / "README.md").exists()
+    assert (outcome.output_dir / "custom_generate" / "generate.py").is_file()
     assert "<Path>" in (outcome.output_dir / "tokenizer.json").read_text()
 
 
@@ -126,7 +126,7 @@ def test_trainer_refuses_a_setting_that_loses_the_structure_and_leaves_the_confi
 def _loss_and_grads(model, batch, implementation):
     model.set_attn_implementation(implementation)
     model.zero_grad()
-    mask = attention_mask_for(batch["forbid_lo"], batch["forbid_hi"], implementation, model.dtype)
+    mask = mask_for(batch["forbid_lo"], batch["forbid_hi"], implementation, model.dtype)
     loss = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], labels=batch["labels"]).loss
     if torch.is_grad_enabled():
         loss.backward()

@@ -17,6 +17,7 @@ from tiny import tiny_model
 from transformers import GenerationConfig, LogitsProcessorList, TextIteratorStreamer, TextStreamer
 
 from modeling_multiverse import TAGS
+from modeling_multiverse.structure import PATH, PATH_END
 
 SKELETONS = {
     "flat_path1_longest": ([2, block(["1", "2", "3"], [[12], [2], [5]]), 2], {}),
@@ -147,7 +148,7 @@ def test_each_token_is_streamed_as_soon_as_its_place_is_final(tiny, name):
     log: list = []
     streamer = PrintingRecorder(tokenizer, log)
     enc, out, response = generate(model, tokenizer, skeleton, options, streamer=streamer, branch_callback=log.append)
-    assert response.count(tokenizer.convert_tokens_to_ids(TAGS[8])) >= 2, "the skeleton forked"
+    assert response.count(tokenizer.convert_tokens_to_ids(TAGS[PATH])) >= 2, "the skeleton forked"
     assert "".join(streamer.printed) == tokenizer.decode(response) and streamer.ended
     puts = [value for kind, value in (e for e in log if isinstance(e, tuple))]
     assert puts[0] == enc["input_ids"].tolist(), "the prompt comes first, as in transformers"
@@ -190,12 +191,12 @@ def test_a_later_path_waits_for_the_earlier_ones_then_arrives_whole(tiny):
             path2_done_at = text
         elif entry.kind == "done" and entry.path == ("1",):
             path1_done_at = text
-    path2 = "\n" + TAGS[8] + "\n2:"
+    path2 = "\n" + TAGS[PATH] + "\n2:"
     assert path2_done_at is not None and path1_done_at is not None
     assert path2 not in path2_done_at, "path 2 finished first, but nothing of it is shown before path 1 ends"
     # paths 2 and 3 are shorter than path 1: when path 1 ends, both arrive whole, in label order
-    assert path1_done_at.endswith(TAGS[9]) and path1_done_at.count(TAGS[9]) == 3
-    assert path1_done_at.index(path2) < path1_done_at.index("\n" + TAGS[8] + "\n3:")
+    assert path1_done_at.endswith(TAGS[PATH_END]) and path1_done_at.count(TAGS[PATH_END]) == 3
+    assert path1_done_at.index(path2) < path1_done_at.index("\n" + TAGS[PATH] + "\n3:")
     assert text == tokenizer.decode(response)
 
 

@@ -163,7 +163,7 @@ def test_the_incremental_parser_signals_the_fork_right_after_the_goal_closes():
             fork_at.append(piece)
             branch = parser.copy()
             branch.feed(tag_kind("<Path>"), i + 1)
-            assert branch.in_path and not parser.in_path and branch.depth == parser.depth == 1
+            assert branch.stack[-1].kind == PATH and parser.stack[-1].kind != PATH and branch.depth == parser.depth == 1
     assert fork_at == ["</Goal>"]
     assert parser.finish().complete
 

@@ -11,7 +11,7 @@ TRL's `GRPOTrainer`, `GRPOConfig` and `TrlParser`, every GRPOConfig / ModelConfi
   log-probabilities (`output_scores=True` -> `token_logprobs`). Tokens the engine forced (path and
   conclusion seeds, closing tags) are not the model's choices: they go into TRL's `env_mask`, out of the loss.
 - **Log-probabilities in the loss** come from one forward over prompt + canonical completion with the SPEC 4
-  mask and SPEC 5 positions (`multiverse_attention_inputs`, also for rows without a block, so that left padding
+  mask and SPEC 5 positions (`batch_intervals`, `mask_for`, also for rows without a block, so that left padding
   never shifts positions), the logits divided by the temperature and restricted by the grammar exactly as the
   engine restricted them before sampling (`structure.tag_constraints`). This is the distribution the engine
   sampled from, so GRPO's ratio is exact (`tests/test_grpo.py` checks it against the engine's own numbers).
@@ -68,7 +68,8 @@ from evaluation.grading import KINDS, grade
 from modeling_multiverse import (
     TAGS,
     StructureError,
-    multiverse_attention_inputs,
+    batch_intervals,
+    mask_for,
     parallel_user_turn,
     parse_ids,
     parse_text,
@@ -381,9 +382,8 @@ class MultiverseGRPOTrainer(GRPOTrainer):
         for first in range(0, input_ids.size(0), batch_size):
             ids = input_ids[first : first + batch_size]
             mask = attention_mask[first : first + batch_size]
-            structure_mask, position_ids = multiverse_attention_inputs(
-                ids, self.tag_ids, mask, implementation=implementation, dtype=backbone.dtype
-            )
+            position_ids, forbid_lo, forbid_hi = batch_intervals(ids, self.tag_ids, mask)
+            structure_mask = mask_for(forbid_lo, forbid_hi, implementation, backbone.dtype)
             with self.accelerator.autocast():
                 logits = model(
                     input_ids=ids, attention_mask=structure_mask, position_ids=position_ids,

@@ -15,16 +15,9 @@ from __future__ import annotations
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from modeling_multiverse import block_mask, dense_mask
+from modeling_multiverse import mask_for
 
 from .collator import MultiverseDataCollator
-
-
-def attention_mask_for(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, implementation: str, dtype: torch.dtype):
-    """The mask a backbone with `implementation` takes for these intervals: a `BlockMask` for flex, else additive."""
-    if implementation == "flex_attention":
-        return block_mask(forbid_lo, forbid_hi)
-    return dense_mask(forbid_lo, forbid_hi, dtype)
 
 
 class MultiverseSFTTrainer(SFTTrainer):
@@ -75,5 +68,5 @@ def _apply_multiverse_attention(backbone, args, kwargs):
     if "forbid_lo" not in kwargs:
         return None
     lo, hi = kwargs.pop("forbid_lo"), kwargs.pop("forbid_hi")
-    kwargs["attention_mask"] = attention_mask_for(lo, hi, backbone.config._attn_implementation, backbone.dtype)
+    kwargs["attention_mask"] = mask_for(lo, hi, backbone.config._attn_implementation, backbone.dtype)
     return args, kwargs

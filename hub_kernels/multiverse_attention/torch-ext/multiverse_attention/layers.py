@@ -1,5 +1,6 @@
-"""Stateless layers for `kernels.kernelize`: their `forward` replaces that of the same-named layers
-in `modeling_multiverse.kernels`, so the signatures match those exactly.
+"""Stateless layers for `kernels.kernelize`. `MultiverseAttention.forward` replaces that of the same-named
+layer in `modeling_multiverse.kernel_attention`, so the signatures match exactly; `BranchDecodeAttention`
+exposes the branch-decode kernel the same way.
 
 Example:
     >>> out = MultiverseAttention()(q, k, v, forbid_lo, forbid_hi, None)  # doctest: +SKIP
