@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--max-branches", type=int, default=None, help="most paths per block")
     parser.add_argument("--max-depth", type=int, default=None, help="deepest block decoded in parallel")
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="decoding precision; auto: bf16 where this CPU runs it natively, else fp32 (default)",
+    )
     parser.add_argument("--no-instruction", action="store_true", help="do not append the 'in parallel' instruction")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
@@ -43,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from modeling_multiverse import PARALLEL_INSTRUCTION, MultiverseForCausalLM
+    from modeling_multiverse.precision import choose_precision
 
+    precision = choose_precision(args.precision, "cpu")
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = MultiverseForCausalLM.from_pretrained(args.model)
+        model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
     except (OSError, ValueError) as err:
         print(f"multiverse generate: cannot load --model {args.model}: {err}", file=sys.stderr)
         return 2
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "blocks": out.blocks[0],
         "seconds": round(seconds, 3),
         "tokens_per_second": round(out.generated_tokens[0] / seconds, 2) if seconds else None,
+        "precision": precision.name,
     }
     if args.json:
         print(json.dumps({"prompt": args.prompt, "response": response, **stats}))
