@@ -31,6 +31,17 @@ class BackendError(RuntimeError):
     """A request failed for good (after retries, or with an answer that retrying cannot fix)."""
 
 
+class BackendUnavailable(BackendError, ConnectionError):
+    """The server cannot be used at all (unreachable, timing out, overloaded, or refusing the key, model or URL).
+
+    Not a verdict on the record being curated: the pipeline stops and leaves it pending for a rerun.
+    """
+
+
+# Answers that say the endpoint, key or model is wrong: every request would get the same one.
+CONFIGURATION_STATUS = {401, 403, 404}
+
+
 class ChatBackend(Protocol):
     def complete(self, messages: list[Message]) -> str: ...
 
@@ -118,6 +129,8 @@ class OpenAICompatibleBackend:
                 last_error = f"HTTP {err.code} from {url}: {detail}"
                 if err.code in RETRY_STATUS:
                     continue
+                if err.code in CONFIGURATION_STATUS:
+                    raise BackendUnavailable(last_error) from None
                 raise BackendError(last_error) from None
             except (TimeoutError, socket.timeout, urllib.error.URLError, ConnectionError) as err:
                 last_error = f"{type(err).__name__} talking to {url}: {err}"
@@ -126,7 +139,7 @@ class OpenAICompatibleBackend:
                 return data["choices"][0]["message"]["content"]
             except (KeyError, IndexError, TypeError):
                 raise BackendError(f"unexpected answer from {url}: {json.dumps(data)[:200]}") from None
-        raise BackendError(f"gave up after {self.max_retries + 1} attempts; last error: {last_error}")
+        raise BackendUnavailable(f"gave up after {self.max_retries + 1} attempts; last error: {last_error}")
 
 
 class TransformersBackend:
@@ -152,9 +165,13 @@ class TransformersBackend:
     def complete(self, messages: list[Message]) -> str:
         import torch
 
-        inputs = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(self.model.device)
+        from modeling_multiverse import encode_chat
+
+        ids = encode_chat(self.tokenizer, messages, add_generation_prompt=True)  # the chains are text, never structure
+        inputs = {
+            "input_ids": torch.tensor([ids], device=self.model.device),
+            "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=self.model.device),
+        }
         with torch.no_grad():
             output = self.model.generate(
                 **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,

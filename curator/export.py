@@ -13,27 +13,15 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
+from modeling_multiverse.paths import same_path
 from modeling_multiverse.structure import PARALLEL_INSTRUCTION, remove_tags
 
-from .pipeline import read_problems, summarize
-
-
-def _curated(path: str | os.PathLike) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path} line {number}: invalid JSON ({err.msg})") from None
-    return rows
+from .pipeline import read_curated, read_problems, summarize
 
 
 def conversation(question: str, response: str) -> dict:
@@ -52,7 +40,7 @@ def to_datasets(
         raise ValueError(f"ar_source must be 'sequential' or 'flattened', got {ar_source!r}")
     by_id = {p["id"]: p for p in read_problems(problems)}
     multiverse, autoregressive = [], []
-    for record in _curated(curated):
+    for record in read_curated(curated).values():
         if record.get("status") != "converted":
             continue
         problem = by_id.get(record["id"])
@@ -91,6 +79,17 @@ def dataset_card(data: DatasetDict, summary: dict | None = None, repo_id: str | 
     return str(DatasetCard(body))
 
 
+def check_export_dir(out_dir: str | os.PathLike, *inputs: str | os.PathLike) -> None:
+    """Refuse an export folder that is one of the inputs, a file, or a folder of other things (it would be mixed in)."""
+    out = Path(out_dir)
+    if any(same_path(out, path) for path in inputs):
+        raise ValueError(f"--export-dir {out_dir} is one of the input or output files; export to a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--export-dir {out_dir}: is a file, expected a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "dataset" / "dataset_dict.json").is_file():
+        raise ValueError(f"--export-dir {out_dir} holds other files and no earlier export; export to a new or empty folder")
+
+
 def save_dataset(
     data: DatasetDict,
     out_dir: str | os.PathLike,
@@ -101,6 +100,7 @@ def save_dataset(
     summary: dict | None = None,
 ) -> Path:
     """`save_to_disk` under out_dir/dataset, parquet files per split, README.md card; optionally push to the Hub."""
+    check_export_dir(out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data.save_to_disk(str(out / "dataset"))
@@ -121,5 +121,5 @@ def export_file(curated: str | os.PathLike, problems: str | os.PathLike, out_dir
     """to_datasets + save_dataset with the curation summary in the card."""
     ar_source = options.pop("ar_source", "sequential")
     data = to_datasets(curated, problems, ar_source=ar_source)
-    save_dataset(data, out_dir, summary=summarize(_curated(curated)), **options)
+    save_dataset(data, out_dir, summary=summarize(read_curated(curated).values()), **options)
     return data

@@ -3,7 +3,10 @@
 Output lines are `{id, status: converted|rejected, multiverse, reason, scores}`. The output is
 resumable: every record is written whole with one `write` on an append-only file, so a killed run
 (SIGKILL included) leaves at most one torn last line, which the next run cuts off before it skips
-the ids already done. No id is written twice.
+the ids already done. No id is written twice: a run holds an exclusive OS lock on the output, so a
+second run onto the same file is refused. The output is never the input, and a file that is not a
+curate output is refused untouched. A backend that cannot be reached is not a verdict on a record:
+the run stops with `BackendUnavailable`, the records not done stay pending, and a rerun retries them.
 
 Example:
     >>> summary = curate_file("problems.jsonl", "curated.jsonl", structurer=RulesStructurer())  # doctest: +SKIP
@@ -23,7 +26,11 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from .backends import BackendError
+from modeling_multiverse.jsonl import JsonlError, iter_jsonl
+from modeling_multiverse.paths import same_path
+from modeling_multiverse.structure import TAGS, split_tags
+
+from .backends import BackendError, BackendUnavailable
 from .plan import Plan, iter_blocks, render_response, split_answer, split_chain
 from .rules import RulesStructurer
 from .stages import LLMStructurer, StageError
@@ -37,25 +44,18 @@ class Structurer(Protocol):
 
 
 def read_problems(path: str | os.PathLike) -> list[dict]:
-    """Input records; raises ValueError naming the file and line of the first bad one (nothing is written)."""
+    """Input records (integer ids read as strings); raises `JsonlError` naming the file and line of the first bad one."""
     rows, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object")
-            missing = [k for k in REQUIRED_FIELDS if not isinstance(row.get(k), str) or not row[k].strip()]
-            if missing:
-                raise ValueError(f"{path} line {number}: missing or empty field(s) {missing}")
-            if row["id"] in seen:
-                raise ValueError(f"{path} line {number}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
-            seen[row["id"]] = number
-            rows.append(row)
+    for number, row in iter_jsonl(path):
+        if isinstance(row.get("id"), int) and not isinstance(row["id"], bool):
+            row["id"] = str(row["id"])
+        missing = [k for k in REQUIRED_FIELDS if not isinstance(row.get(k), str) or not row[k].strip()]
+        if missing:
+            raise JsonlError(path, number, f"missing or empty field(s) {missing} (each must be a non-empty string)")
+        if row["id"] in seen:
+            raise JsonlError(path, number, f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+        seen[row["id"]] = number
+        rows.append(row)
     return rows
 
 
@@ -75,6 +75,9 @@ def curate_record(
     ('converted', 2)
     """
     question = record.get("question", "")
+    tags = [piece for piece in split_tags(record["sequential"]) if piece in TAGS]
+    if tags:  # the chain becomes the response, where a tag is structure: it cannot hold one as text
+        return {"id": record["id"], "status": "rejected", "multiverse": None, "reason": f"tags: the chain contains the tag text {tags[0]}", "scores": {"attempts": 0}}
     think, answer = split_answer(split_chain(record["sequential"]))
     deterministic = isinstance(structurer, RulesStructurer)  # the same input gives the same plan: no retries
     reason, scores = None, {}
@@ -85,6 +88,8 @@ def curate_record(
         except StageError as err:
             reason = f"stage: {err}"
             continue
+        except BackendUnavailable:
+            raise  # the server, not the record: it stays pending
         except BackendError as err:
             reason = f"backend: {err}"
             break
@@ -101,28 +106,79 @@ def curate_record(
     return {"id": record["id"], "status": "rejected", "multiverse": None, "reason": reason, "scores": {**scores, "attempts": attempt}}
 
 
-def recover_output(path: str | os.PathLike) -> dict[str, dict]:
-    """Finished records of an earlier run, by id. A torn last line (a killed write) is cut off the file."""
-    path = Path(path)
+RECORD_START = b'{"id": '  # how every output line begins (`_append` writes the id first)
+
+
+def read_curated(path: str | os.PathLike, *, torn_tail: bool = False) -> dict[str, dict]:
+    """The curated records of an output file by id (the first record of an id wins, as a resumed run keeps it).
+
+    Raises `JsonlError` at the first line that is not a curated record.
+    """
     done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1  # records end with a newline: anything after the last one is torn
-    for number, raw in enumerate(data[:end].split(b"\n")[:-1], 1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict) or "id" not in record or "status" not in record:
-            raise ValueError(f"{path} line {number}: not a curated record; refusing to append to this file")
+    for number, record in iter_jsonl(path, torn_tail=torn_tail):
+        if not isinstance(record.get("id"), str) or record.get("status") not in ("converted", "rejected"):
+            raise JsonlError(path, number, "not a curated record ({id, status, ...}); refusing to use this file as curate output")
         done.setdefault(record["id"], record)
-    if end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
     return done
+
+
+def recover_output(path: str | os.PathLike, fd: int | None = None) -> dict[str, dict]:
+    """Finished records of an earlier run, by id. A torn last line (a killed write) is cut off the file.
+
+    `fd` is the caller's open (and locked) descriptor of `path`, used for the repair; without one the file
+    is opened for it. A last record that is whole but lacks its newline gets one; any other unfinished
+    last line is refused, the file left unchanged.
+    """
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return {}
+    done = read_curated(path, torn_tail=True)
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    tail = data[end:]
+    if not tail.strip():
+        return done
+    own = fd is None
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND) if own else fd
+    try:
+        try:
+            json.loads(tail)
+            whole = True
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            whole = False
+        if whole:  # read_curated checked it: a complete record whose newline was never written
+            os.write(fd, b"\n")
+        elif tail.startswith(RECORD_START) or RECORD_START.startswith(tail):
+            os.ftruncate(fd, end)
+        else:
+            line = data.count(b"\n") + 1
+            raise JsonlError(path, line, "not a curated record (an unfinished line); refusing to use this file as curate output")
+    finally:
+        if own:
+            os.close(fd)
+    return done
+
+
+class OutputBusyError(OSError):
+    """Another run holds the lock on the output file."""
+
+
+def _lock(fd: int, path: os.PathLike) -> None:
+    """An exclusive, non-blocking OS lock on the output; released when `fd` is closed (also by a killed run)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        def lock() -> None:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        def lock() -> None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        lock()
+    except OSError:
+        raise OutputBusyError(f"{path}: another `multiverse curate` run is writing this file; wait for it or pick another --output") from None
 
 
 def _append(fd: int, record: dict) -> None:
@@ -165,32 +221,56 @@ def curate_file(
     `structurer` wins over `backend`/`backend_options` (see `make_structurer`).
     """
     problems = read_problems(input)
-    done = recover_output(output)
-    todo = [p for p in problems if p["id"] not in done]
+    if Path(output).is_dir():
+        raise IsADirectoryError(f"--output {output}: is a folder, expected a JSONL file")
+    if same_path(input, output):
+        raise ValueError(f"--output {output} is the input file; curated records go to a file of their own")
     structurer = structurer or make_structurer(backend, **backend_options)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(output, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    failure: BackendUnavailable | None = None
 
     def work(record: dict) -> dict:
         return curate_record(record, structurer, retries=retries, min_coverage=min_coverage, keep_sequential=keep_sequential)
 
     try:
+        _lock(fd, output)
+        done = recover_output(output, fd)
+        todo = [p for p in problems if p["id"] not in done]
         with tqdm(total=len(problems), initial=len(problems) - len(todo), desc="curate", disable=not progress) as bar:
             if workers <= 1:
                 for record in todo:
-                    result = work(record)
+                    try:
+                        result = work(record)
+                    except BackendUnavailable as err:
+                        failure = err
+                        break
                     _append(fd, result)
                     done[result["id"]] = result
                     bar.update()
             else:
                 with ThreadPoolExecutor(workers) as pool:
-                    for future in as_completed([pool.submit(work, r) for r in todo]):
-                        result = future.result()
+                    futures = [pool.submit(work, r) for r in todo]
+                    for future in as_completed(futures):
+                        if future.cancelled():
+                            continue
+                        try:
+                            result = future.result()
+                        except BackendUnavailable as err:
+                            failure = failure or err
+                            for other in futures:  # the server is down: start nothing more
+                                other.cancel()
+                            continue
                         _append(fd, result)  # only this thread writes: lines never interleave
                         done[result["id"]] = result
                         bar.update()
     finally:
         os.close(fd)
+    if failure is not None:
+        pending = sum(1 for p in problems if p["id"] not in done)
+        raise BackendUnavailable(
+            f"the backend failed ({failure}); {pending} of {len(problems)} records left pending in {output}: rerun to retry them"
+        )
     return summarize(done[p["id"]] for p in problems)
 
 

@@ -24,7 +24,7 @@ from .structure import (
     split_tags,
     tag_ids_from_tokenizer,
 )
-from .tokens import add_multiverse_tokens, add_tag_tokens
+from .tokens import add_multiverse_tokens, add_tag_tokens, encode_chat
 
 AutoConfig.register("multiverse", MultiverseConfig, exist_ok=True)
 AutoModelForCausalLM.register(MultiverseConfig, MultiverseForCausalLM, exist_ok=True)
@@ -45,6 +45,7 @@ __all__ = [
     "add_tag_tokens",
     "block_mask",
     "dense_mask",
+    "encode_chat",
     "multiverse_attention_inputs",
     "pack",
     "format_parallel",

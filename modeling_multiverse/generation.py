@@ -83,6 +83,7 @@ from .structure import (
     THINK,
     THINK_END,
     StructureParser,
+    allowed_tags,
     parse_ids,
     path_seed,
     tag_ids_from_tokenizer,
@@ -96,6 +97,7 @@ ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 8, "max_branch_tokens": 2048}
 """
 
 LIVE, FORKING, WAITING, FINISHING, DONE = range(5)
+_FORCED = float("nan")  # `token_logprobs` of a token the engine wrote without sampling it
 _LABEL_CHARS = 16  # longer "labels" are prose, not labels: the path gets its ordinal instead
 
 
@@ -111,6 +113,12 @@ class MultiverseGenerateOutput(ModelOutput):
     - `blocks`: every block of the response, in order: `labels`, `branch_lengths` (tokens of each path
       unit), `depth` (0 = top level), `start` (index of `<Parallel>` in the response).
     - `cache_tokens`: peak KV cache length (tokens per row, padding slots included).
+    - `token_logprobs` (with `output_scores=True`): `[B, response width]` float32, aligned with the
+      response part of `sequences` (canonical order): the log-probability of each sampled token under
+      the distribution it was drawn from (logits after the processors, temperature included, and the
+      grammar mask of `structure.allowed_tags`; greedy: the same log-softmax at the argmax). NaN where
+      the engine forced the token (path and conclusion seeds, closing tags) and after the response.
+      A sampled eos inside a path is not in the output (the path is closed instead), nor is its score.
     """
 
     sequences: torch.LongTensor | None = None
@@ -120,6 +128,7 @@ class MultiverseGenerateOutput(ModelOutput):
     parallelism: list | None = None
     blocks: list | None = None
     cache_tokens: int | None = None
+    token_logprobs: torch.FloatTensor | None = None
 
 
 class _Branch:
@@ -129,6 +138,7 @@ class _Branch:
         self.slot = slot  # its row in the sequence's visibility table
         self.parent = parent
         self.view = view
+        self.logprobs = [_FORCED] * len(view)  # per token of `view`: its sampled log-probability (token_logprobs)
         self.own_start = len(view)  # where its own tokens begin in `view`
         self.parser = parser
         self.base = len(parser.stack)  # stack height while inside its own path
@@ -215,13 +225,15 @@ class MultiverseEngine:
         return self.tag_of_id.get(token, TEXT)
 
     # -- appending tokens to a branch ----------------------------------------------------------
-    def _append(self, seq: _Sequence, branch: _Branch, tokens: list[int]) -> None:
-        """Add tokens to a branch's view and parser; they are fed to the model in the next step."""
+    def _append(self, seq: _Sequence, branch: _Branch, tokens: list[int], logprobs: list[float] | None = None) -> None:
+        """Add tokens to a branch's view and parser; they are fed to the model in the next step.
+        `logprobs` are those of sampled tokens; without them the tokens count as forced."""
         if not seq.finalizing and seq.generated + len(tokens) > self.max_new_tokens:
             seq.finalizing = True  # forced tokens that do not fit: from here on only closing tags
         for token in tokens:
             branch.parser.feed(self._kind(token), len(branch.view))
             branch.view.append(token)
+        branch.logprobs.extend(logprobs or [_FORCED] * len(tokens))
         branch.pending.extend(tokens)
         branch.written += len(tokens)
         if seq.finalizing:
@@ -264,6 +276,7 @@ class MultiverseEngine:
     def _start_child(self, seq: _Sequence, parent: _Branch) -> None:
         label = parent.labels[len(parent.children)]
         child = seq.new_branch(parent, list(parent.view), parent.parser.copy(), parent.p0, parent.depth + 1)
+        child.logprobs = list(parent.logprobs)
         child.closing = parent.closing or seq.finalizing
         parent.children.append(child)
         self._append(seq, child, self._seed(label))
@@ -282,6 +295,7 @@ class MultiverseEngine:
             for token in child.view[child.own_start :]:
                 parent.parser.feed(self._kind(token), len(parent.view))
                 parent.view.append(token)
+            parent.logprobs.extend(child.logprobs[child.own_start :])
             seq.visible[parent.slot] |= seq.visible[child.slot]
         parent.position = max(c.position for c in parent.children)
         parent.children = []
@@ -339,28 +353,6 @@ class MultiverseEngine:
         raise RuntimeError("internal error: the Multiverse engine could not close the sequence")
 
     # -- choosing tokens --------------------------------------------------------------------------
-    def _allowed_tags(self, parser: StructureParser) -> torch.Tensor:
-        """Which of the twelve tags the grammar allows next in this state (SPEC 3)."""
-        allowed = torch.zeros(len(TAGS), dtype=torch.bool)
-        top = parser.stack[-1]
-        if top.kind == TEXT:
-            allowed[PARALLEL] = True
-            allowed[THINK] = parser.think_open is None
-            allowed[THINK_END] = parser.think_open is not None and parser.think_close is None
-        elif top.kind == PATH:
-            allowed[PARALLEL] = allowed[PATH_END] = True
-        elif top.kind == GOAL:
-            allowed[OUTLINE] = len(top.node.outlines) < self.max_branches
-            allowed[GOAL_END] = bool(top.node.outlines)
-        elif top.kind == OUTLINE:
-            allowed[OUTLINE_END] = True
-        elif top.kind == CONCLUSION:
-            allowed[CONCLUSION_END] = True
-        elif top.kind == PARALLEL:
-            allowed[GOAL] = top.phase == "goal"
-            allowed[PARALLEL_END] = top.phase == "end"
-        return allowed
-
     def _views(self, branches: list[_Branch]) -> torch.LongTensor:
         """Each branch's view as one left-padded row, the input standard logits processors expect."""
         width = max(len(b.view) for b in branches)
@@ -374,7 +366,7 @@ class MultiverseEngine:
         raw = torch.stack([b.logits for b in branches])
         views = self._views(branches)
         scores = self.processors(views.to(raw.device), raw.clone())
-        forbidden = torch.stack([~self._allowed_tags(b.parser) for b in branches])  # [N, 12]
+        forbidden = torch.stack([~allowed_tags(b.parser, self.max_branches) for b in branches])  # [N, 12]
         rows, cols = torch.nonzero(forbidden, as_tuple=True)
         tag_columns = self.tag_tensor.to(raw.device)[cols]
         scores[rows.to(raw.device), tag_columns] = -float("inf")
@@ -387,25 +379,29 @@ class MultiverseEngine:
             tokens = torch.multinomial(torch.softmax(scores.float(), -1), 1).squeeze(1)
         else:
             tokens = scores.argmax(-1)
+        logprobs = [None] * len(branches)
+        if self.config.output_scores:  # token_logprobs: the sampled token under the distribution it came from
+            chosen = torch.log_softmax(scores.float(), -1).gather(1, tokens[:, None]).squeeze(1)
+            logprobs = [[value] for value in chosen.tolist()]
         tokens = tokens.tolist()
         stop = [False] * len(branches)
         if self.stopping:
             extended = torch.cat([views, torch.tensor(tokens)[:, None]], 1).to(raw.device)
             stop = self.stopping(extended, scores).tolist()
-        for (seq, branch), token, stopped in zip(todo, tokens, stop):
-            self._accept(seq, branch, token, stopped)
+        for (seq, branch), token, logprob, stopped in zip(todo, tokens, logprobs, stop):
+            self._accept(seq, branch, token, stopped, logprob)
 
-    def _accept(self, seq: _Sequence, branch: _Branch, token: int, stopped: bool) -> None:
+    def _accept(self, seq: _Sequence, branch: _Branch, token: int, stopped: bool, logprob: list[float] | None = None) -> None:
         if token in self.eos_ids:
             if branch.parent is None and len(branch.parser.stack) == 1:
-                self._append(seq, branch, [token])
+                self._append(seq, branch, [token], logprob)
                 branch.state = DONE
             else:  # eos inside a block ends the path (or closes the block, then ends the sequence)
                 branch.closing = True
                 branch.eos_at_end = branch.parent is None
                 self._close_step(seq, branch)
             return
-        self._append(seq, branch, [token])
+        self._append(seq, branch, [token], logprob)
         self._after_token(branch)
         if branch.state != LIVE:
             return
@@ -664,6 +660,13 @@ def multiverse_generate(
 
     responses = [s.root.view[s.prompt_length :] for s in seqs]
     width = max(len(r) for r in responses)
+    token_logprobs = None
+    if generation_config.output_scores:
+        token_logprobs = torch.full((len(seqs), width), _FORCED)
+        for row, seq in enumerate(seqs):
+            scored = seq.root.logprobs[seq.prompt_length :]
+            token_logprobs[row, : len(scored)] = torch.tensor(scored, dtype=torch.float32)
+        token_logprobs = token_logprobs.to(input_ids.device)
     generated = torch.full((len(seqs), width), engine.pad_id, dtype=torch.long)
     for row, response in enumerate(responses):
         generated[row, : len(response)] = torch.tensor(response, dtype=torch.long)
@@ -678,6 +681,7 @@ def multiverse_generate(
         parallelism=[s.generated / max(s.steps, 1) for s in seqs],
         blocks=[_block_stats(engine, r) for r in responses],
         cache_tokens=engine.cache_length,
+        token_logprobs=token_logprobs,
     )
 
 

@@ -625,6 +625,66 @@ def parse_ids(
     )
 
 
+def allowed_tags(parser: StructureParser, max_branches: int) -> torch.Tensor:
+    """Which of the twelve tags may come next in `parser`'s state: a bool tensor `[12]` in `TAGS` order.
+
+    The engine gives every other tag -inf before sampling (path seeds, conclusion seeds and closing tags
+    are forced, never sampled), so this is the support of its sampling distribution over tags.
+    `max_branches` caps the outlines of one goal.
+
+    >>> p = StructureParser(partial=True)
+    >>> p.feed(PARALLEL, 0)
+    >>> [TAGS[k] for k in torch.nonzero(allowed_tags(p, 8)).flatten().tolist()]
+    ['<Goal>']
+    """
+    allowed = torch.zeros(len(TAGS), dtype=torch.bool)
+    top = parser.stack[-1]
+    if top.kind == TEXT:
+        allowed[PARALLEL] = True
+        allowed[THINK] = parser.think_open is None
+        allowed[THINK_END] = parser.think_open is not None and parser.think_close is None
+    elif top.kind == PATH:
+        allowed[PARALLEL] = allowed[PATH_END] = True
+    elif top.kind == GOAL:
+        allowed[OUTLINE] = len(top.node.outlines) < max_branches
+        allowed[GOAL_END] = bool(top.node.outlines)
+    elif top.kind == OUTLINE:
+        allowed[OUTLINE_END] = True
+    elif top.kind == CONCLUSION:
+        allowed[CONCLUSION_END] = True
+    elif top.kind == PARALLEL:
+        allowed[GOAL] = top.phase == "goal"
+        allowed[PARALLEL_END] = top.phase == "end"
+    return allowed
+
+
+def tag_constraints(
+    ids: torch.Tensor | Sequence[int], tag_ids: TagIds, start: int, max_branches: int
+) -> torch.Tensor:
+    """`allowed_tags` before each token of `ids[start:]`: a bool tensor `[len(ids) - start, 12]`.
+
+    On a canonical engine output (prompt = `ids[:start]`, unpadded), row i is the set of tags the engine
+    let the model sample at response token i: a path sees the same parser state whether it was decoded
+    on its own branch or read after its sibling paths. Training applies it to the logits to score tokens
+    under the engine's sampling distribution (GRPO's ratio).
+
+    >>> # rows = tag_constraints(prompt + response, tag_ids, len(prompt), max_branches=8)
+    """
+    kinds = kinds_of_ids(ids, tag_ids).tolist()
+    parser = StructureParser(partial=True)
+    rows = torch.zeros(len(kinds) - start, len(TAGS), dtype=torch.bool)
+    current = None
+    for i, kind in enumerate(kinds):
+        if i >= start:
+            if current is None:  # the state changes only at tags
+                current = allowed_tags(parser, max_branches)
+            rows[i - start] = current
+        parser.feed(kind, i)
+        if kind != TEXT:
+            current = None
+    return rows
+
+
 def parse_text(text: str, *, partial: bool = False, require_think: bool = False) -> Structure:
     """Parse text. Items are tags and the text between them; errors give character offsets.
 

@@ -33,10 +33,11 @@ def _resolve_base(base: str) -> tuple[str, dict, str]:
         if not path.is_file():
             raise FileNotFoundError(f"--base {base}: no such GGUF file")
         return str(path.parent), {"gguf_file": path.name}, path.stem
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--base {base}: expected `{EMBEDDED_NAME}`, a .gguf file, or a model folder with config.json"
-        )
+    if not path.exists():
+        raise FileNotFoundError(f"--base {base}: no such folder (expected `{EMBEDDED_NAME}`, a .gguf file, or a model folder)")
+    from modeling_multiverse.paths import model_config
+
+    model_config(path, "--base")  # a model folder with a config and a tokenizer
     return str(path), {}, path.name
 
 
@@ -50,6 +51,22 @@ def _check_family(model_type: str, base: str) -> None:
         )
 
 
+def _check_out(out: Path, base: str, overwrite: bool) -> None:
+    """Refuse an --out that would destroy what we did not write: the base itself, a file, a folder that is no model."""
+    from modeling_multiverse.paths import same_path
+
+    if same_path(out, base) or (base.endswith(".gguf") and same_path(out, Path(base).parent)):
+        raise ValueError(f"--out {out} is the base model's own folder; write the Multiverse model to another folder")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    if not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: is a file, not a model folder; --overwrite replaces only a model folder")
+    if any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ValueError(f"--out {out} is not a model folder (no config.json); --overwrite replaces only a model folder")
+
+
 def convert(base: str, out: str | Path, *, overwrite: bool = False, repo_id: str | None = None) -> Path:
     """Convert BASE into a Multiverse model folder at `out`; returns the folder.
 
@@ -61,8 +78,7 @@ def convert(base: str, out: str | Path, *, overwrite: bool = False, repo_id: str
     from modeling_multiverse import MultiverseConfig, MultiverseForCausalLM, add_multiverse_tokens
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    _check_out(out, base, overwrite)
     path, kwargs, base_name = _resolve_base(base)
     base_config = AutoConfig.from_pretrained(path, **kwargs)
     _check_family(base_config.model_type, base)
@@ -91,6 +107,7 @@ def convert(base: str, out: str | Path, *, overwrite: bool = False, repo_id: str
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    previous = None
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -98,11 +115,17 @@ def convert(base: str, out: str | Path, *, overwrite: bool = False, repo_id: str
         staging.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
         for file in staging.rglob("*"):
             file.chmod(0o755 if file.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # a model folder (_check_out): moved aside, then removed once the new one is in place
+            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(previous / out.name)
         staging.rename(out)
+        if previous is not None:
+            shutil.rmtree(previous)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if previous is not None and not out.exists():
+            (previous / out.name).rename(out)
+            previous.rmdir()
         raise
     return out
 

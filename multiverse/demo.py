@@ -121,31 +121,29 @@ def run_demo(out: str | Path, settings: DemoSettings) -> dict:
 
 
 def _train(recipe: str, base: Path, datasets_dir: Path, output: Path, settings: DemoSettings) -> None:
-    from datasets import load_from_disk
-
+    from trl_recipes import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
     from trl_recipes.train import train
 
-    dataset = load_from_disk(str(datasets_dir))[recipe]
     outcome = train(
-        str(base),
-        dataset,
-        output,
-        recipe=recipe,
-        max_length=settings.max_length,
-        packing=True,
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=settings.warmup_steps,
-        bf16=settings.bf16_training,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=settings.seed,
+        RecipeArguments(recipe=recipe, dataset_name=str(datasets_dir), dataset_train_split=recipe, pack_examples=True),
+        MultiverseSFTConfig(
+            output_dir=str(output),
+            max_length=settings.max_length,
+            num_train_epochs=settings.epochs,
+            max_steps=settings.max_steps,
+            per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.gradient_accumulation,
+            learning_rate=settings.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=settings.warmup_steps,
+            bf16=settings.bf16_training,
+            use_cpu=True,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=settings.seed,
+        ),
+        MultiverseModelConfig(model_name_or_path=str(base)),
     )
     print(f"[demo] {recipe}: {len(outcome.losses)} steps, loss {outcome.losses[0]:.3f} -> {outcome.losses[-1]:.3f}")
 

@@ -33,11 +33,13 @@ from modeling_multiverse import (
     PARALLEL_INSTRUCTION,
     MissingTagsError,
     StructureError,
+    encode_chat,
     parse_text,
     tag_ids_from_tokenizer,
 )
+from evaluation.grading import KINDS, extract_answer, grade, integer_reference
+from modeling_multiverse.jsonl import iter_jsonl
 from modeling_multiverse.precision import PRECISIONS, choose_precision
-from multiverse.grading import KINDS, extract_answer, grade, integer_reference
 
 ANSWER_HINTS: dict[str, str] = {
     "math": "Put your final answer within \\boxed{}.",
@@ -114,21 +116,13 @@ def load_records(path: str | Path, kind: str | None = None, limit: int | None = 
     >>> records, kind = load_records("../shared/data/aime2025-I.jsonl", limit=2)  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown --kind {kind!r}; expected one of {', '.join(KINDS)}")
     raw: list[tuple[int, dict]] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            if limit is not None and len(raw) >= limit:
-                break
-            try:
-                raw.append((line_number, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
+    for line_number, record in iter_jsonl(path):
+        if limit is not None and len(raw) >= limit:
+            break
+        raw.append((line_number, record))
     if not raw:
         raise ValueError(f"{path}: no records")
     kind = kind or detect_kind([r for _, r in raw], str(path))
@@ -157,19 +151,16 @@ def is_multiverse_tokenizer(tokenizer) -> bool:
 # Generation
 
 
-def _prompt_texts(tokenizer, records: Sequence[Mapping[str, Any]], parallel_prompt: bool) -> list[str]:
-    texts = []
+def _prompt_ids(tokenizer, records: Sequence[Mapping[str, Any]], parallel_prompt: bool) -> list[list[int]]:
+    """Prompt ids per record; the question is text, never structure (`encode_chat`)."""
+    ids = []
     for record in records:
         message = user_message(record, parallel_prompt)
         if tokenizer.chat_template:
-            texts.append(
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
-                )
-            )
+            ids.append(encode_chat(tokenizer, [{"role": "user", "content": message}], add_generation_prompt=True))
         else:  # a base model without a chat template reads the bare question
-            texts.append(message + "\n")
-    return texts
+            ids.append(tokenizer(message + "\n", add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    return ids
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -210,13 +201,8 @@ def encode_prompts(tokenizer, records: Sequence[Mapping[str, Any]], parallel_pro
     Left padding, asked for in the call so that the tokenizer's own `padding_side` stays as it is:
     generation continues every row from its last real token.
     """
-    return tokenizer(
-        _prompt_texts(tokenizer, records, parallel_prompt),
-        return_tensors="pt",
-        padding=True,
-        padding_side="left",
-        add_special_tokens=False,
-    ).to(device)
+    ids = _prompt_ids(tokenizer, records, parallel_prompt)
+    return tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt").to(device)
 
 
 def generate_batch(model, tokenizer, encoded, max_new_tokens: int, pad_id: int) -> tuple[list[list[int]], Any, float]:
@@ -245,7 +231,9 @@ def trim_response(ids: Sequence[int], stop_ids: set[int]) -> tuple[list[int], bo
     return list(ids[:end]), end < len(ids)
 
 
-def grade_record(record: Mapping[str, Any], response: str, tokens: int, steps: int, finished: bool, batch_time_s: float) -> dict[str, Any]:
+def grade_record(
+    record: Mapping[str, Any], response: str, tokens: int, steps: int, finished: bool, batch_time_s: float
+) -> dict[str, Any]:
     """One problem's result: the graded response and its decoding statistics."""
     return {
         "id": record["id"],
@@ -371,8 +359,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", help="write the full report (with per-problem records) to this JSON file")
     args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be >= 1, got {args.limit}")
+    for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"--device {args.device}: not usable here ({' '.join(str(err).split())[:120]})") from None
     return args
 
 
@@ -380,7 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # (importing modeling_multiverse registered ours)
 
+    from modeling_multiverse.paths import context_length, multiverse_config, same_path
+
     records, kind = load_records(args.data, args.kind, args.limit)
+    config = multiverse_config(args.model, "--model")  # before loading: a plain model would load as random weights
+    context = context_length(config)
+    if context is not None and args.max_new_tokens > context:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens")
+    if args.output and (same_path(args.output, args.data) or Path(args.output).is_dir()):
+        raise ValueError(f"--output {args.output} is the data file or a folder; the report needs a file of its own")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     precision = choose_precision(args.precision, args.device)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype).to(args.device).eval()
@@ -389,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt, precision=precision.as_dict())
     print(format_summary(report))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = output.with_name(f".{output.name}.tmp")  # renamed into place: never a half-written report
+        staging.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        staging.replace(output)
         print(f"report written to {args.output}")
     return 0

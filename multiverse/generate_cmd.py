@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
 
-def build_prompt(tokenizer, prompt: str, instruction: str) -> str:
-    """The chat-formatted prompt text: the question, then the parallel-thinking instruction."""
+def prompt_ids(tokenizer, prompt: str, instruction: str) -> list[int]:
+    """Ids of the chat-formatted prompt: the question, then the parallel-thinking instruction.
+
+    The question is text: a tag written in it ("what does <Parallel> mean?") is not structure (`encode_chat`).
+    """
+    from modeling_multiverse import encode_chat
+
     content = f"{prompt.strip()}\n{instruction}" if instruction else prompt.strip()
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    return encode_chat(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", required=True, help="the question")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="budget over all branches (default 512)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--max-branches", type=int, default=None, help="most paths per block")
     parser.add_argument("--max-depth", type=int, default=None, help="deepest block decoded in parallel")
@@ -39,9 +45,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        parser.error(f"--temperature must be >= 0, got {args.temperature}")
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature must be a number >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_p is not None and args.temperature == 0:
+        raise ValueError("--top-p needs sampling: pass --temperature > 0 as well")
+    if args.max_branches is not None and args.max_branches < 1:
+        raise ValueError(f"--max-branches must be >= 1, got {args.max_branches}")
+    if args.max_depth is not None and args.max_depth < 0:
+        raise ValueError(f"--max-depth must be >= 0, got {args.max_depth}")
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty")
+
+    from modeling_multiverse.paths import context_length, multiverse_config
+
+    config = multiverse_config(args.model, "--model")  # before loading: a plain model would load as random weights
+    context = context_length(config)
+    if context is not None and args.max_new_tokens >= context:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens")
 
     import torch
     from transformers import AutoTokenizer
@@ -50,15 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     from modeling_multiverse.precision import choose_precision
 
     precision = choose_precision(args.precision, "cpu")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
-    except (OSError, ValueError) as err:
-        print(f"multiverse generate: cannot load --model {args.model}: {err}", file=sys.stderr)
-        return 2
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
     model.eval()
-    text = build_prompt(tokenizer, args.prompt, "" if args.no_instruction else PARALLEL_INSTRUCTION)
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    ids = prompt_ids(tokenizer, args.prompt, "" if args.no_instruction else PARALLEL_INSTRUCTION)
+    if context is not None and len(ids) + args.max_new_tokens > context:
+        raise ValueError(
+            f"--max-new-tokens {args.max_new_tokens}: with the prompt's {len(ids)} tokens that exceeds the model's "
+            f"context of {context} tokens; pass --max-new-tokens {context - len(ids)} or less"
+        )
+    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
     if args.top_p is not None:
         sampling["top_p"] = args.top_p

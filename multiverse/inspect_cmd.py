@@ -17,20 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def read_jsonl(path: str | Path, field: str) -> Iterator[tuple[str, str]]:
-    """(id, text) per record; a clear error naming the line for bad JSON or a missing field."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                found = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(f"{path}:{number}: no text field {field!r} (found {found})")
-            yield str(record.get("id", number)), record[field]
+def read_responses(path: str | Path, field: str) -> Iterator[tuple[str, str]]:
+    """(id, text) per record; `JsonlError` naming the file and line for bad JSON or a missing field."""
+    from modeling_multiverse.jsonl import JsonlError, iter_jsonl
+
+    for number, record in iter_jsonl(path):
+        if not isinstance(record.get(field), str):
+            raise JsonlError(path, number, f"no text field {field!r} (found {sorted(record)}); pick one with --field")
+        yield str(record.get("id", number)), record[field]
 
 
 def inspect_response(text: str, tokenizer, tag_ids: dict[str, int]) -> dict:
@@ -89,6 +83,10 @@ def _load_tokenizer(folder: str | None):
         return tokenizer, add_tag_tokens(tokenizer)
     from transformers import AutoTokenizer
 
+    from modeling_multiverse.paths import TOKENIZER_FILES, is_local
+
+    if is_local(folder, "--tokenizer") and not any((Path(folder) / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"--tokenizer {folder}: the folder has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])})")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return tokenizer, tag_ids_from_tokenizer(tokenizer)
 
@@ -101,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per record, then a summary line")
     args = parser.parse_args(argv)
 
+    from modeling_multiverse.jsonl import check_file
+
+    check_file(args.file)  # before the tokenizer loads: a typo is reported at once
     tokenizer, tag_ids = _load_tokenizer(args.tokenizer)
     reports = []
-    for record_id, text in read_jsonl(args.file, args.field):
+    for record_id, text in read_responses(args.file, args.field):
         report = {"id": record_id} | inspect_response(text, tokenizer, tag_ids)
         reports.append(report)
         if args.json:

@@ -75,13 +75,13 @@ def test_torn_last_line_is_cut_and_redone(tmp_path):
 def test_bad_input_is_named_and_nothing_is_written(tmp_path):
     problems, output = tmp_path / "problems.jsonl", tmp_path / "curated.jsonl"
     problems.write_text('{"id": "a", "sequential": "x = 1"}\n{"id": "b"}\n')
-    with pytest.raises(ValueError, match=r"line 2: missing or empty field\(s\) \['sequential'\]"):
+    with pytest.raises(ValueError, match=r"problems.jsonl:2: missing or empty field\(s\) \['sequential'\]"):
         curate_file(problems, output, progress=False)
     problems.write_text('{"id": "a", "sequential": "x = 1"}\n{"id": "a", "sequential": "y = 2"}\n')
-    with pytest.raises(ValueError, match="line 2: duplicate id 'a' \\(first on line 1\\)"):
+    with pytest.raises(ValueError, match="problems.jsonl:2: duplicate id 'a' \\(first on line 1\\)"):
         curate_file(problems, output, progress=False)
     problems.write_text('{"id": "a", "sequential": "x = 1"\n')
-    with pytest.raises(ValueError, match="line 1: invalid JSON"):
+    with pytest.raises(ValueError, match="problems.jsonl:1: not valid JSON"):
         curate_file(problems, output, progress=False)
     assert not output.exists()
 
@@ -90,6 +90,6 @@ def test_foreign_output_file_is_refused(tmp_path):
     problems, output = tmp_path / "problems.jsonl", tmp_path / "curated.jsonl"
     write_jsonl(synthesize(3, seed=1), problems)
     output.write_text("not json\n")
-    with pytest.raises(ValueError, match="line 1: not a curated record"):
+    with pytest.raises(ValueError, match="curated.jsonl:1: not valid JSON"):
         curate_file(problems, output, progress=False)
     assert output.read_text() == "not json\n"

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from multiverse.grading import (
+from evaluation.grading import (
     extract_choice,
     extract_integer,
     grade,

@@ -13,12 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel
+from peft import PeftModel
 from tiny import example_response, tiny_model
 from transformers import AutoModelForCausalLM
 
 from modeling_multiverse import MultiverseForCausalLM
-from trl_recipes import MultiverseDataCollator, MultiverseSFTConfig, MultiverseSFTTrainer, prepare_dataset, train
+from trl_recipes import (
+    MultiverseDataCollator,
+    MultiverseModelConfig,
+    MultiverseSFTConfig,
+    MultiverseSFTTrainer,
+    RecipeArguments,
+    prepare_dataset,
+    train,
+)
 from trl_recipes.train import main
 from trl_recipes.trainer import attention_mask_for
 
@@ -55,7 +63,8 @@ def logged_losses(output_dir: Path) -> list[float]:
 
 def test_multiverse_recipe_trains_and_reloads_with_remote_code(tmp_path):
     model, tokenizer = tiny_model()
-    outcome = train(model, Dataset.from_list(records()), tmp_path / "out", tokenizer=tokenizer, max_steps=6, max_length=300, **FAST)
+    config = MultiverseSFTConfig(output_dir=str(tmp_path / "out"), max_steps=6, max_length=300, **FAST)
+    outcome = train(RecipeArguments(), config, model=model, tokenizer=tokenizer, dataset=Dataset.from_list(records()))
     losses = logged_losses(outcome.output_dir)
     assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0] - 0.3
@@ -93,6 +102,25 @@ def test_trainer_loss_is_the_multiverse_attention_loss():
         causal = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     assert torch.allclose(loss, reference, atol=1e-5)
     assert not torch.allclose(loss, causal, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"packing": True}, "packing"),
+        ({"padding_free": True}, "padding_free"),
+        ({"remove_unused_columns": True}, "remove_unused_columns"),
+        ({"dataset_kwargs": {}}, "skip_prepare_dataset"),
+    ],
+)
+def test_trainer_refuses_a_setting_that_loses_the_structure_and_leaves_the_config_alone(setting, named):
+    model, tokenizer = tiny_model()
+    prepared, _ = prepare_dataset(Dataset.from_list(records(2)), tokenizer, max_length=None)
+    config = MultiverseSFTConfig(output_dir="unused", **FAST, **setting)
+    before = config.to_dict()
+    with pytest.raises(ValueError, match=named):
+        MultiverseSFTTrainer(model=model, args=config, train_dataset=prepared, processing_class=tokenizer)
+    assert config.to_dict() == before
 
 
 def _loss_and_grads(model, batch, implementation):
@@ -135,7 +163,7 @@ def test_autoregressive_recipe_from_the_cli_with_a_yaml_config(tmp_path, model_d
     config = tmp_path / "recipe.yaml"
     config.write_text(
         "recipe: autoregressive\nmax_length: 300\nper_device_train_batch_size: 4\nlearning_rate: 0.003\n"
-        "logging_steps: 1\nreport_to: none\nsave_strategy: 'no'\npacking: true\n"
+        "logging_steps: 1\nreport_to: none\nsave_strategy: 'no'\npack_examples: true\n"
     )
     out = tmp_path / "ar"
     assert main(["--config", str(config), "--model", str(model_dir), "--dataset", str(data_file), "--output", str(out), "--max-steps", "3"]) == 0
@@ -151,9 +179,13 @@ def test_lora_adapter_saves_reloads_and_merges(tmp_path, data_file, tie):
     model_dir = tmp_path / "base"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     out = tmp_path / "lora"
-    outcome = train(str(model_dir), str(data_file), out, peft_config=lora, max_steps=3, max_length=300, **{**FAST, "learning_rate": 3e-2})
+    lora = MultiverseModelConfig(
+        model_name_or_path=str(model_dir), use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
+    config = MultiverseSFTConfig(output_dir=str(out), max_steps=3, max_length=300, **{**FAST, "learning_rate": 3e-2})
+    outcome = train(RecipeArguments(dataset_name=str(data_file)), config, lora)
     assert (out / "adapter" / "adapter_config.json").exists() and all(math.isfinite(x) for x in outcome.losses)
     merged = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     base = MultiverseForCausalLM.from_pretrained(model_dir)

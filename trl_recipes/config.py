@@ -39,21 +39,29 @@ class RecipeArguments:
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     ar_fraction: float = field(
         default=0.0,
-        metadata={"help": "Multiverse recipe: share of examples given flattened (AR format), the paper's mixture."},
-    )
-    ar_curriculum: bool = field(
-        default=False,
-        metadata={"help": "Train the AR-format share first, then the Multiverse-format examples (sequential order)."},
+        metadata={
+            "help": "Multiverse recipe: share of examples given flattened (AR format), the paper's mixture. They come "
+            "first in the rows: `--train_sampling_strategy sequential` trains them first (a curriculum)."
+        },
     )
     skip_invalid: bool = field(
         default=False, metadata={"help": "Skip and count malformed responses instead of stopping at the first one."}
+    )
+    pack_examples: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack several examples into each row of max_length tokens; the mask keeps them apart. "
+            "(TRL's own --packing flattens rows padding-free, which loses the structure: the trainer refuses it.)"
+        },
     )
 
 
 @dataclass
 class MultiverseSFTConfig(SFTConfig):
-    """SFTConfig with `--output` for `--output_dir`, `--precision` choosing bf16 by the hardware, and gradient
-    checkpointing off on machines without a GPU (TRL turns it on by default; on CPU it only slows training).
+    """SFTConfig with `--output` for `--output_dir`, the defaults `MultiverseSFTTrainer` needs (the structure
+    columns kept for the collator, TRL's dataset preparation skipped: `prepare_dataset` did it), `--precision`
+    choosing bf16 by the hardware, and gradient checkpointing off on machines without a GPU (TRL turns it on by
+    default; on CPU it only slows training down).
 
     `--precision auto` (the default) trains in bf16 mixed precision only where the device runs bf16 natively
     (a CUDA GPU with bf16, or a CPU where oneDNN reports bf16) and in fp32 elsewhere: emulated bf16 is tens of
@@ -61,6 +69,13 @@ class MultiverseSFTConfig(SFTConfig):
     """
 
     output_dir: str | None = field(default=None, metadata={"help": "Where the trained model goes.", "aliases": ["--output"]})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the structure columns are not forward() arguments."}
+    )
+    dataset_kwargs: dict | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "Must keep skip_prepare_dataset=True: rows come from `prepare_dataset`."},
+    )
     precision: str = field(
         default="auto",
         metadata={"help": "auto: bf16 where the hardware runs it natively, else fp32; or fp32 / bf16.", "choices": list(PRECISIONS)},

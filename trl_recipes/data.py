@@ -35,8 +35,13 @@ class ExampleError(ValueError):
         self.position = position
 
 
-def load_sft_dataset(source: str | Dataset, *, config: str | None = None, split: str = "train") -> Dataset:
+def load_sft_dataset(
+    source: str | Dataset, *, config: str | None = None, split: str = "train", fallback_split: str | None = None
+) -> Dataset:
     """One split of a dataset from a local file, a `save_to_disk` folder, a Hub id, or an in-memory `Dataset`.
+
+    A `multiverse curate --export-dir` folder works too (its `dataset/` subfolder is read); where the dataset
+    has no split `split`, `fallback_split` (the recipe's name: the export's `multiverse` / `autoregressive`) is used.
 
     >>> load_sft_dataset("data/train.jsonl").column_names  # doctest: +SKIP
     ['prompt', 'completion']
@@ -45,23 +50,36 @@ def load_sft_dataset(source: str | Dataset, *, config: str | None = None, split:
         dataset = source
     else:
         path = Path(source)
+        if path.is_dir() and _is_saved_dataset(path / "dataset") and not _is_saved_dataset(path):
+            path = path / "dataset"  # a curate export folder: dataset/, parquet files and a card
         if path.is_file():
             builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
             if builder is None:
                 raise ValueError(f"dataset file {source}: unsupported extension {path.suffix!r}, expected .jsonl, .json or .parquet")
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
-        elif path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        elif _is_saved_dataset(path):
             dataset = datasets.load_from_disk(str(path))
         elif path.exists():
-            raise ValueError(f"dataset folder {source} is not a `save_to_disk` folder (no dataset_info.json or dataset_dict.json)")
+            raise ValueError(
+                f"dataset folder {source} is not a `save_to_disk` folder (no dataset_info.json or dataset_dict.json) "
+                "nor a `multiverse curate --export-dir` folder"
+            )
+        elif str(source).startswith((".", "/", "~")) or str(source).endswith("/") or str(source).count("/") > 1:
+            raise FileNotFoundError(f"--dataset {source}: no such file or folder")
         else:
             dataset = datasets.load_dataset(str(source), name=config, split=split)
     if isinstance(dataset, DatasetDict):
+        if split not in dataset and fallback_split in dataset:
+            split = fallback_split
         if split not in dataset:
             raise ValueError(f"dataset {source} has no split {split!r}; splits found: {sorted(dataset)}")
         dataset = dataset[split]
     check_columns(dataset.column_names, source)
     return dataset
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
 
 
 def check_columns(columns: list[str], source: object = "dataset") -> str:
@@ -73,6 +91,7 @@ def check_columns(columns: list[str], source: object = "dataset") -> str:
     raise ValueError(
         f"{source}: expected columns 'prompt' and 'completion' (prompt/completion format) or 'messages' "
         f"(conversational format); found columns {sorted(columns)}"
+        + ("; this is curate output: train on its --export-dir folder" if "status" in columns and "multiverse" in columns else "")
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from datasets import Dataset
 
-from modeling_multiverse import StructureError, TokenStructure, pack, structure_of_ids, tag_ids_from_tokenizer
+from modeling_multiverse import StructureError, TokenStructure, encode_chat, pack, structure_of_ids, tag_ids_from_tokenizer
 
 from .data import ExampleError, autoregressive_rows, check_columns, flatten, split_conversation, validate_response
 
@@ -38,7 +38,7 @@ class PreparationReport:
 
 def _tokenize(tokenizer, prompt: list[dict], completion: dict, index: int) -> tuple[list[int], int]:
     """Token ids of prompt + completion and the number of prompt tokens (the completion is tokenized on its own,
-    so the prompt's tokens are exactly what generation sees)."""
+    so the prompt's tokens are exactly what generation sees; what the user wrote is text, `encode_chat`)."""
     prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template([*prompt, completion], tokenize=False)
     if not full_text.startswith(prompt_text):
@@ -47,7 +47,7 @@ def _tokenize(tokenizer, prompt: list[dict], completion: dict, index: int) -> tu
             "so the completion tokens cannot be located",
             index,
         )
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_chat(tokenizer, prompt, add_generation_prompt=True)
     completion_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
     return prompt_ids + completion_ids, len(prompt_ids)
 

@@ -6,11 +6,16 @@
     accelerate launch --config_file trl_recipes/configs/accelerate/fsdp-2x8.yaml -m trl_recipes.train \\
         --config trl_recipes/configs/qwen2.5-32b-fsdp.yaml
 
-Every SFTConfig / ModelConfig flag of `trl sft` works too (`--use_peft`, `--learning_rate`, `--packing`, ...).
-From Python, `train(...)` does the same:
+A TrlParser script, as TRL's `trl sft`: every SFTConfig / ModelConfig flag works (`--use_peft`,
+`--learning_rate`, ...), from the command line or a YAML file. From Python, `train` takes the same three
+parsed dataclasses:
 
 Example:
-    >>> outcome = train("out/smollm2-multiverse", "train.jsonl", "out/sft", recipe="autoregressive", max_steps=4)  # doctest: +SKIP
+    >>> outcome = train(
+    ...     RecipeArguments(recipe="autoregressive", dataset_name="train.jsonl"),
+    ...     MultiverseSFTConfig(output_dir="out/sft", max_steps=4),
+    ...     MultiverseModelConfig(model_name_or_path="out/smollm2-multiverse"),
+    ... )  # doctest: +SKIP
     >>> outcome.losses[-1] < outcome.losses[0]  # doctest: +SKIP
     True
 """
@@ -24,7 +29,6 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import PeftConfig
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from trl import TrlParser, get_peft_config
 
@@ -47,12 +51,13 @@ class TrainOutcome:
     log_history: list[dict] = field(repr=False, default_factory=list)
 
 
-def load_model(name: str, recipe: str, *, dtype: str | None = None, attn_implementation: str | None = None):
+def load_model(model_args: MultiverseModelConfig, recipe: str):
     """(model, tokenizer) for a recipe. The Multiverse recipe needs a converted model (tags in its tokenizer);
     the autoregressive one takes any causal LM."""
+    name, dtype = model_args.model_name_or_path, model_args.dtype
     kwargs = {"dtype": torch.float32 if dtype is None else dtype if dtype == "auto" else getattr(torch, dtype)}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
     config = AutoConfig.from_pretrained(name)
     if config.model_type == "multiverse":
         model = MultiverseForCausalLM.from_pretrained(name, **kwargs)
@@ -73,103 +78,107 @@ def _hub_base(name: str) -> str:
     return json.loads(record.read_text()).get("base_model", name) if record.is_file() else name
 
 
-def train(
-    model: str | PreTrainedModel,
-    dataset: str | Dataset,
-    output_dir: str | Path,
-    *,
-    recipe: str = "multiverse",
-    tokenizer=None,
-    peft_config: PeftConfig | None = None,
-    dataset_config: str | None = None,
-    dataset_split: str = "train",
-    ar_fraction: float = 0.0,
-    ar_curriculum: bool = False,
-    skip_invalid: bool = False,
-    dtype: str | None = None,
-    attn_implementation: str | None = None,
-    args: MultiverseSFTConfig | None = None,
-    **config_kwargs,
-) -> TrainOutcome:
-    """Train `model` on `dataset` with one recipe and write a Hub-ready folder to `output_dir`.
+def _check_paths(model, dataset, output_dir) -> None:
+    """Refuse before loading anything: a missing model folder, and an output that would overwrite an input."""
+    from modeling_multiverse.paths import model_config, same_path
 
-    `model` is a path/Hub id or a loaded model (then pass `tokenizer`); `config_kwargs` are SFTConfig fields
-    (`max_steps`, `max_length`, `packing`, `learning_rate`, ...), or pass a whole `args`.
-    """
-    if args is not None and config_kwargs:
-        raise ValueError(f"pass SFTConfig fields either in args= or as keywords, not both (got {sorted(config_kwargs)})")
-    args = args or MultiverseSFTConfig(output_dir=str(output_dir), **config_kwargs)
-    args.output_dir = str(output_dir)
     if isinstance(model, str):
-        base_name = _hub_base(model)
-        model, tokenizer = load_model(model, recipe, dtype=dtype, attn_implementation=attn_implementation)
+        model_config(model, "--model")
+        if same_path(model, output_dir):
+            raise ValueError(f"--output {output_dir} would overwrite the model it trains (--model {model}); pick another folder")
+    if isinstance(dataset, str) and same_path(dataset, output_dir):
+        raise ValueError(f"--output {output_dir} would overwrite the training data (--dataset {dataset}); pick another folder")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise NotADirectoryError(f"--output {output_dir}: is a file, expected a folder")
+
+
+def train(
+    recipe_args: RecipeArguments,
+    config: MultiverseSFTConfig,
+    model_args: MultiverseModelConfig | None = None,
+    *,
+    model: PreTrainedModel | None = None,
+    tokenizer=None,
+    dataset: Dataset | None = None,
+) -> TrainOutcome:
+    """Train with one recipe and write a Hub-ready folder to `config.output_dir`.
+
+    The model comes from `model_args` (name, dtype, attention, LoRA), or is passed loaded as `model` with its
+    `tokenizer`; the data comes from `recipe_args.dataset_name`, or is passed as `dataset`.
+    """
+    model_args = model_args or MultiverseModelConfig()
+    if (model is None) == (model_args.model_name_or_path is None):
+        raise ValueError("give the model either as model_args.model_name_or_path or loaded as model=, not both")
+    if (dataset is None) == (recipe_args.dataset_name is None):
+        raise ValueError("give the data either as recipe_args.dataset_name or loaded as dataset=, not both")
+    recipe = recipe_args.recipe
+    _check_paths(
+        model_args.model_name_or_path if model is None else model,
+        recipe_args.dataset_name if dataset is None else dataset,
+        config.output_dir,
+    )
+    if model is None:
+        base_name = _hub_base(model_args.model_name_or_path)
+        model, tokenizer = load_model(model_args, recipe)
     elif tokenizer is None:
         raise ValueError("train(model=<loaded model>) needs tokenizer=")
     else:
         base_name = model.config.name_or_path or None
     if recipe == "autoregressive" and isinstance(model, MultiverseForCausalLM):
         model.config.multiverse_attention = False  # the baseline is a plain causal LM, also when it generates
+    peft_config = get_peft_config(model_args)
     if peft_config is not None and recipe == "multiverse" and not model.config.tie_word_embeddings:
         # LoRA leaves embeddings frozen: train the tag rows, which start as mean embeddings (SPEC 2). Not with
         # tied embeddings: PEFT then wraps lm_head too, and TRL's fused head cannot read the wrapped weight.
         tag_rows = sorted(tag_ids_from_tokenizer(tokenizer).values())
         peft_config.trainable_token_indices = {"embed_tokens": tag_rows}
 
-    source = dataset if isinstance(dataset, Dataset) else str(dataset)
+    source = dataset if dataset is not None else recipe_args.dataset_name
     prepared, report = prepare_dataset(
-        load_sft_dataset(source, config=dataset_config, split=dataset_split),
+        load_sft_dataset(source, config=recipe_args.dataset_config, split=recipe_args.dataset_train_split, fallback_split=recipe),
         tokenizer,
         recipe=recipe,
-        max_length=args.max_length,
-        ar_fraction=ar_fraction,
-        skip_invalid=skip_invalid,
-        packing=args.packing,
-        seed=args.seed,
+        max_length=config.max_length,
+        ar_fraction=recipe_args.ar_fraction,
+        skip_invalid=recipe_args.skip_invalid,
+        packing=recipe_args.pack_examples,
+        seed=config.seed,
     )
-    if ar_curriculum:
-        args.train_sampling_strategy = "sequential"  # prepared rows put the AR-format share first
     trainer = MultiverseSFTTrainer(
-        model=model, args=args, train_dataset=prepared, processing_class=tokenizer, peft_config=peft_config
+        model=model, args=config, train_dataset=prepared, processing_class=tokenizer, peft_config=peft_config
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     training = {
         "examples": report.examples,
         "skipped": len(report.skipped),
         "autoregressive-format examples": report.autoregressive,
         "truncated": report.truncated,
-        "max_length": args.max_length,
+        "max_length": config.max_length,
         "steps": trainer.state.global_step,
-        "packing": args.packing,
+        "packing": recipe_args.pack_examples,
         "lora": peft_config is not None,
-        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "precision_reason": getattr(args, "precision_reason", ""),
+        "precision": "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32",
+        "precision_reason": getattr(config, "precision_reason", ""),
     }
+    output_dir = Path(config.output_dir)
     save_hub_ready(trainer, output_dir, recipe=recipe, base_model=base_name, training=training)
     history = trainer.state.log_history
-    return TrainOutcome(Path(output_dir), [h["loss"] for h in history if "loss" in h], report, history)
+    return TrainOutcome(output_dir, [h["loss"] for h in history if "loss" in h], report, history)
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((RecipeArguments, MultiverseSFTConfig, MultiverseModelConfig), prog="multiverse train")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = TrlParser((RecipeArguments, MultiverseSFTConfig, MultiverseModelConfig), prog="multiverse train")
+    parser = make_parser()
     recipe_args, config, model_args = parser.parse_args_and_config(sys.argv[1:] if argv is None else argv)
     missing = [flag for flag, value in (("--model", model_args.model_name_or_path), ("--dataset", recipe_args.dataset_name), ("--output", config.output_dir)) if not value]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
-    outcome = train(
-        model_args.model_name_or_path,
-        recipe_args.dataset_name,
-        config.output_dir,
-        recipe=recipe_args.recipe,
-        peft_config=get_peft_config(model_args),
-        dataset_config=recipe_args.dataset_config,
-        dataset_split=recipe_args.dataset_train_split,
-        ar_fraction=recipe_args.ar_fraction,
-        ar_curriculum=recipe_args.ar_curriculum,
-        skip_invalid=recipe_args.skip_invalid,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-        args=config,
-    )
+    if not 0.0 <= recipe_args.ar_fraction <= 1.0:
+        raise ValueError(f"--ar_fraction must be in [0, 1], got {recipe_args.ar_fraction}")
+    outcome = train(recipe_args, config, model_args)
     report = outcome.report
     for _, reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)

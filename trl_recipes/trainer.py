@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import torch
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 
 from modeling_multiverse import block_mask, dense_mask
 
@@ -29,15 +29,14 @@ def attention_mask_for(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, impleme
 
 class MultiverseSFTTrainer(SFTTrainer):
     """`SFTTrainer` for datasets from `prepare_dataset`: TRL's own preparation is skipped, the collator is
-    `MultiverseDataCollator`, and each batch's sibling intervals become the attention mask."""
+    `MultiverseDataCollator`, and each batch's sibling intervals become the attention mask.
+
+    `args` must keep the structure: `MultiverseSFTConfig`'s defaults do; a setting that would lose it is refused.
+    """
 
     def __init__(self, *args, data_collator=None, processing_class=None, **kwargs):
         config = kwargs["args"]
-        # the structure columns are not forward() arguments: keep them for the collator
-        config.remove_unused_columns = False
-        config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
-        # rows arrive packed by `prepare_dataset`; TRL's packing implies padding-free rows, which lose the structure
-        config.packing = False
+        check_config(config)
         if data_collator is None:
             pad_to = config.pad_to_multiple_of if isinstance(config.pad_to_multiple_of, int) else None
             data_collator = MultiverseDataCollator(processing_class.pad_token_id, pad_to)
@@ -45,6 +44,25 @@ class MultiverseSFTTrainer(SFTTrainer):
 
         backbone = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         backbone.base_model.register_forward_pre_hook(_apply_multiverse_attention, with_kwargs=True)
+
+
+def check_config(config: SFTConfig) -> None:
+    """Refuse an SFTConfig under which the trainer would lose the Multiverse structure of the rows."""
+    if config.remove_unused_columns:
+        raise ValueError(
+            "remove_unused_columns=True would drop the structure columns (position_ids, forbid_lo, forbid_hi) "
+            "before the collator: set it to False (MultiverseSFTConfig's default)"
+        )
+    if not (config.dataset_kwargs or {}).get("skip_prepare_dataset"):
+        raise ValueError(
+            "rows come from prepare_dataset, which TRL's preparation would redo without the structure: set "
+            "dataset_kwargs={'skip_prepare_dataset': True} (MultiverseSFTConfig's default)"
+        )
+    if config.packing or config.padding_free:
+        raise ValueError(
+            "TRL's packing / padding_free flatten a batch into one padding-free row, which loses the structure: "
+            "pack with prepare_dataset(packing=True) (`multiverse train --pack_examples`) and leave both False"
+        )
 
 
 def _apply_multiverse_attention(backbone, args, kwargs):
