@@ -1,7 +1,7 @@
 """Which precision to train and decode in on this machine, and how fast it multiplies matrices.
 
 bf16 halves memory traffic, but it only saves time where the hardware multiplies bf16 natively: a CUDA
-GPU that supports it, or a CPU where oneDNN reports bf16 support (AVX-512 BF16 or AMX). Elsewhere bf16 is
+GPU that supports it, or a CPU where oneDNN reports bf16 support (AVX-512 and AMX parts). Elsewhere bf16 is
 emulated, and on an AVX2-only CPU a bf16 matmul is tens of times slower than fp32. `choose_precision`
 turns `auto|fp32|bf16` into a dtype plus the reason, so that a run can record why it used what it used.
 
@@ -42,7 +42,9 @@ def native_bf16(device: str | torch.device = "cpu") -> tuple[bool, str]:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         name = torch.cuda.get_device_name(index)
-        if torch.cuda.is_bf16_supported(including_emulation=False):
+        with torch.cuda.device(index):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        if native:
             return True, f"{name} supports bf16"
         return False, f"{name} has no native bf16"
     if device.type == "cpu":
@@ -95,26 +97,30 @@ def choose_precision(requested: str = "auto", device: str | torch.device | None 
     return PrecisionChoice(requested, requested, f"asked for; {evidence}")
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = 1024, device: str | torch.device = "cpu", seconds: float = 0.5) -> float:
+def matmul_gflops(
+    dtype: torch.dtype, size: int = 1024, device: str | torch.device = "cpu", seconds: float = 0.5, cpu_time: bool = False
+) -> float:
     """Measured GFLOPS of `size` x `size` matmuls in `dtype` on `device`, over about `seconds`.
 
     The first matmul (kernel selection, first-touch allocation) is not timed, unless it alone takes
     `seconds` or more: emulated bf16 on an AVX2 CPU takes seconds per 1024 x 1024 matmul, and one
-    run is then measure enough.
+    run is then measure enough. `cpu_time` divides by this process's CPU seconds instead of wall
+    seconds: with one thread on a shared CPU, that is what the core does when it runs.
 
     >>> matmul_gflops(torch.float32, size=64, seconds=0.01) > 0
     True
     """
     device = torch.device(device)
+    clock = time.process_time if cpu_time else time.perf_counter
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
 
     def timed_mm() -> float:
-        start = time.perf_counter()
+        start = clock()
         torch.mm(a, b)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return clock() - start
 
     elapsed, runs = timed_mm(), 1
     if elapsed < seconds:
@@ -122,7 +128,17 @@ def matmul_gflops(dtype: torch.dtype, size: int = 1024, device: str | torch.devi
         while runs < 2 or elapsed < seconds:
             elapsed += timed_mm()
             runs += 1
-    return 2 * size**3 * runs / elapsed / 1e9
+    return 2 * size**3 * runs / max(elapsed, 1e-9) / 1e9
+
+
+def per_core_gflops(dtype: torch.dtype, size: int = 1024, seconds: float = 0.5) -> float:
+    """CPU GFLOPS of one thread by its CPU seconds: robust to other processes sharing the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return matmul_gflops(dtype, size, "cpu", seconds, cpu_time=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _cpu_name() -> str:
@@ -137,7 +153,9 @@ def _cpu_name() -> str:
 def hardware_report(device: str | torch.device | None = None, size: int = 1024, seconds: float = 0.5) -> dict:
     """The machine in numbers: device name, torch threads, native bf16 and fp32/bf16 matmul GFLOPS.
 
-    This is what `benchmarks/hardware.py` prints and `multiverse demo` records in summary.json.
+    `*_gflops` are wall-clock with every thread, what the machine gives now; on a CPU `*_gflops_per_core`
+    are one thread by its CPU seconds, which other processes on shared cores barely change. This is what
+    `benchmarks/hardware.py` prints and `multiverse demo` records in summary.json.
     """
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     native, evidence = native_bf16(device)
@@ -151,6 +169,14 @@ def hardware_report(device: str | torch.device | None = None, size: int = 1024, 
         "matmul_size": size,
         "fp32_gflops": round(matmul_gflops(torch.float32, size, device, seconds), 2),
         "bf16_gflops": round(matmul_gflops(torch.bfloat16, size, device, seconds), 2),
+        **(
+            {
+                "fp32_gflops_per_core": round(per_core_gflops(torch.float32, size, seconds), 2),
+                "bf16_gflops_per_core": round(per_core_gflops(torch.bfloat16, size, seconds), 2),
+            }
+            if device.type == "cpu"
+            else {}
+        ),
         "torch": torch.__version__,
         # other processes' share of the CPU when it was measured: the GFLOPS are wall-clock
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -164,7 +190,12 @@ def hardware_line(report: dict) -> str:
     'CPU X, 2 threads: fp32 15.0 GFLOPS, bf16 0.2 GFLOPS (1024x1024 matmul)'
     """
     size = report["matmul_size"]
-    return (
+    line = (
         f"{report['name']}, {report['threads']} threads: fp32 {report['fp32_gflops']} GFLOPS, "
         f"bf16 {report['bf16_gflops']} GFLOPS ({size}x{size} matmul)"
     )
+    if "fp32_gflops_per_core" in report:
+        line += f"; per core by CPU time: fp32 {report['fp32_gflops_per_core']}, bf16 {report['bf16_gflops_per_core']}"
+    if report.get("load_average_1m") is not None:
+        line += f"; load average {report['load_average_1m']}"
+    return line

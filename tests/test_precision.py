@@ -56,6 +56,8 @@ def test_the_probe_measures_both_dtypes_and_names_the_hardware():
     assert matmul_gflops(torch.float32, size=64, seconds=0.01) > 0
     report = hardware_report("cpu", size=64, seconds=0.01)
     assert report["threads"] == torch.get_num_threads() and report["fp32_gflops"] > 0 and report["bf16_gflops"] > 0
+    assert report["fp32_gflops_per_core"] > 0 and report["bf16_gflops_per_core"] > 0
     assert report["native_bf16"] == torch.ops.mkldnn._is_mkldnn_bf16_supported()
     line = hardware_line(report)
-    assert report["name"] in line and f"{report['threads']} threads" in line and "64x64" in line
+    assert report["name"] in line and f"{report['threads']} threads" in line and "64x64" in line and "per core" in line
+    assert torch.get_num_threads() == report["threads"]  # the per-core probe gave the threads back
