@@ -58,7 +58,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.model and args.backend == "rules":
         ignored.append("--model")
     if ignored:
-        raise ValueError(f"{', '.join(ignored)} do(es) nothing with --backend {args.backend}")
+        raise ValueError(f"{', '.join(ignored)}: {'does' if len(ignored) == 1 else 'do'} nothing with --backend {args.backend}")
     if args.backend == "local" and not args.model:
         raise ValueError("--backend local needs --model (a model id or folder)")
     if args.push_to_hub and not args.export_dir:

@@ -19,7 +19,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 
 from modeling_multiverse.paths import same_path
-from modeling_multiverse.structure import PARALLEL_INSTRUCTION, remove_tags
+from modeling_multiverse.structure import parallel_user_turn, remove_tags
 
 from .pipeline import read_curated, read_problems, summarize
 
@@ -27,7 +27,7 @@ from .pipeline import read_curated, read_problems, summarize
 def conversation(question: str, response: str) -> dict:
     """One prompt/completion example: the user turn asks for parallel thinking."""
     return {
-        "prompt": [{"role": "user", "content": f"{question.strip()} {PARALLEL_INSTRUCTION}"}],
+        "prompt": [{"role": "user", "content": parallel_user_turn(question)}],
         "completion": [{"role": "assistant", "content": response}],
     }
 

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -234,15 +235,23 @@ def synthesize(
     return rows
 
 
+MAX_PROBLEMS = 1_000_000  # the rows are built in memory (about 0.5 KB each): 0.5 GB at most
+
+
 def write_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Write rows as JSONL atomically (a temporary file renamed into place): never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -270,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     synth.add_argument("--bags", type=_range, default=(3, 5), help="task most: bags per person, N or LOW-HIGH (default 3-5)")
     args = parser.parse_args(argv)
+    if not 0 <= args.n <= MAX_PROBLEMS:
+        raise ValueError(f"--n must be in 0..{MAX_PROBLEMS}, got {args.n}")
+    if Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out {args.out}: is a folder, expected a JSONL file")
     rows = synthesize(
         args.n, args.seed, k=args.k, digits=args.digits, nesting=args.nesting, worked=args.worked, task=args.task, bags=args.bags
     )

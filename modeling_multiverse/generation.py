@@ -41,7 +41,7 @@ Example:
     >>> out.parallelism[0], out.blocks[0]  # doctest: +SKIP
     (1.9, [{'labels': ['1', '2'], 'branch_lengths': [60, 41], 'depth': 0, 'start': 12}])
 
-This file imports only torch, transformers and `.structure`, so it ships with a checkpoint both as
+This file imports only torch, transformers, `.structure` and `.streaming`, so it ships with a checkpoint both as
 remote code and as `custom_generate/generate.py` (see `write_custom_generate`).
 """
 
@@ -88,6 +88,7 @@ from .structure import (
     path_seed,
     tag_ids_from_tokenizer,
 )
+from .streaming import GenerationStream
 
 ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 8, "max_branch_tokens": 2048}
 """Engine options, read from `generate(...)` kwargs, else from `generation_config` attributes, else here:
@@ -158,7 +159,8 @@ class _Branch:
 class _Sequence:
     """One prompt: its branches, their visibility rows over the cache, and its counters."""
 
-    def __init__(self, prompt: list[int], parser: StructureParser, capacity: int):
+    def __init__(self, row: int, prompt: list[int], parser: StructureParser, capacity: int):
+        self.row = row  # in the batch as given (streams report it)
         self.prompt_length = len(prompt)
         self.visible = torch.zeros(4, capacity, dtype=torch.bool)
         self.branches: list[_Branch] = []
@@ -193,8 +195,9 @@ class _Sequence:
 class MultiverseEngine:
     """Decodes a batch of prompts with fork/merge decoding. Built and run by `multiverse_generate`."""
 
-    def __init__(self, model, tokenizer, generation_config, processors, stopping_criteria, options: dict):
+    def __init__(self, model, tokenizer, generation_config, processors, stopping_criteria, options: dict, stream=None):
         self.model = model
+        self.stream = stream or GenerationStream()  # streaming hook: see `streaming.py`
         self.tokenizer = tokenizer
         self.config = generation_config
         self.processors = processors
@@ -240,6 +243,7 @@ class MultiverseEngine:
             seq.closing_tokens += len(tokens)
         else:
             seq.generated += len(tokens)
+        self.stream.tokens(seq.row, branch, tokens, seq.generated, seq.steps)  # streaming hook
 
     def _after_token(self, branch: _Branch) -> None:
         """Move to FORKING / FINISHING when the last token closed a goal or the branch's own path."""
@@ -270,6 +274,7 @@ class MultiverseEngine:
         branch.state = WAITING
         branch.p0 = branch.position
         parallel = branch.depth + 1 <= self.max_depth and not seq.finalizing
+        self.stream.fork(seq.row, branch, branch.labels, parallel, seq.generated, seq.steps)  # streaming hook
         for _ in range(len(branch.labels) if parallel else 1):
             self._start_child(seq, branch)
 
@@ -279,6 +284,7 @@ class MultiverseEngine:
         child.logprobs = list(parent.logprobs)
         child.closing = parent.closing or seq.finalizing
         parent.children.append(child)
+        self.stream.open(seq.row, child, parent, label)  # streaming hook
         self._append(seq, child, self._seed(label))
         child.base = len(child.parser.stack)
         child.written = 0  # the seed is not the path's own writing
@@ -334,6 +340,7 @@ class MultiverseEngine:
             self._fork(seq, branch)
         elif branch.state == FINISHING:
             branch.state = DONE
+            self.stream.done(seq.row, branch, seq.generated, seq.steps)  # streaming hook
             self._child_done(seq, branch.parent)
 
     def _finalize(self, seq: _Sequence) -> None:
@@ -485,7 +492,8 @@ class MultiverseEngine:
                     f"prompt {row} ends inside a <Parallel> block ({' '.join(TAGS[f.kind] for f in parser.stack[1:])} "
                     "still open): the engine starts from a prompt outside any block"
                 )
-            seqs.append(_Sequence(prompt, parser, len(prompt) + max_new_tokens + 64))
+            seqs.append(_Sequence(row, prompt, parser, len(prompt) + max_new_tokens + 64))
+            self.stream.open(row, seqs[-1].root)  # streaming hook
         self.max_new_tokens = max_new_tokens
         self.cache = DynamicCache(config=self.model.config)
         self.cache_length = 0
@@ -517,6 +525,7 @@ class MultiverseEngine:
                 rows = [rows[row] for row in keep]
             if not rows or not self._forward(rows):
                 break
+        self.stream.end()  # streaming hook: the rest is final
         return seqs
 
 
@@ -598,6 +607,8 @@ def multiverse_generate(
     Greedy or sampling (`do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`, ...),
     `eos_token_id`, `stop_strings`, `max_new_tokens`, plus the engine options of `ENGINE_DEFAULTS`.
     Returns `sequences` (prompt + canonical response), or a `MultiverseGenerateOutput`.
+    `streamer` (put/end, one prompt) receives the canonical response as it becomes final;
+    `branch_callback` receives a `BranchEvent` as each branch advances (see `streaming.py`).
 
     >>> out = multiverse_generate(model, input_ids, tokenizer=tok, max_new_tokens=64)  # doctest: +SKIP
     """
@@ -615,7 +626,11 @@ def multiverse_generate(
         if value is None:
             value = getattr(model.generation_config, name, None)
         options[name] = default if value is None else value
-    for unsupported in ("assistant_model", "streamer", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
+    streamer = kwargs.pop("streamer", None)
+    branch_callback = kwargs.pop("branch_callback", None)
+    if streamer is not None and input_ids.shape[0] != 1:
+        raise ValueError(f"a streamer takes one prompt, got a batch of {input_ids.shape[0]}; use branch_callback for batches")
+    for unsupported in ("assistant_model", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
         if kwargs.pop(unsupported, None) is not None:
             raise ValueError(f"{unsupported} is not supported by the Multiverse engine; pass multiverse=False")
     for ignored in ("synced_gpus", "negative_prompt_attention_mask", "use_cache"):
@@ -654,7 +669,9 @@ def multiverse_generate(
         else:
             keep = attention_mask[row].detach().cpu().bool()
             prompts.append(ids[row][keep].tolist())
-    engine = MultiverseEngine(model, tokenizer, generation_config, processors, stopping, options)
+    stream = GenerationStream(streamer, branch_callback)
+    stream.prompt(input_ids)
+    engine = MultiverseEngine(model, tokenizer, generation_config, processors, stopping, options, stream)
     with torch.no_grad(), _engine_attention(model):
         seqs = engine.run(prompts, max_new_tokens)
 
@@ -712,7 +729,7 @@ def generate(*args, model, multiverse: bool = True, **kwargs):
 
 
 def write_custom_generate(save_directory: str | Path) -> Path:
-    """Write this engine as `custom_generate/generate.py` (+ `structure.py`) next to a saved model.
+    """Write this engine as `custom_generate/generate.py` (+ `structure.py`, `streaming.py`) next to a saved model.
 
     >>> write_custom_generate("out/smollm2-multiverse")  # doctest: +SKIP
     PosixPath('out/smollm2-multiverse/custom_generate')
@@ -722,6 +739,7 @@ def write_custom_generate(save_directory: str | Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(here, target / "generate.py")
     shutil.copyfile(here.with_name("structure.py"), target / "structure.py")
+    shutil.copyfile(here.with_name("streaming.py"), target / "streaming.py")
     (target / "requirements.txt").write_text("torch\ntransformers\n")
     return target
 

@@ -30,10 +30,10 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_multiverse import (
-    PARALLEL_INSTRUCTION,
     MissingTagsError,
     StructureError,
     encode_chat,
+    parallel_user_turn,
     parse_text,
     tag_ids_from_tokenizer,
 )
@@ -132,10 +132,10 @@ def load_records(path: str | Path, kind: str | None = None, limit: int | None = 
 
 def user_message(record: Mapping[str, Any], parallel_prompt: bool) -> str:
     """The user turn: question, answer-format hint, and PARALLEL_INSTRUCTION last when asked for (SPEC 2)."""
-    parts = [record["question"].strip(), ANSWER_HINTS[record["kind"]]]
+    question, hint = record["question"], ANSWER_HINTS[record["kind"]]
     if parallel_prompt:
-        parts.append(PARALLEL_INSTRUCTION)
-    return " ".join(part for part in parts if part)
+        return parallel_user_turn(question, hint)
+    return " ".join(part for part in (question.strip(), hint) if part)
 
 
 def is_multiverse_tokenizer(tokenizer) -> bool:

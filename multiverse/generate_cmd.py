@@ -16,14 +16,14 @@ import sys
 import time
 
 
-def prompt_ids(tokenizer, prompt: str, instruction: str) -> list[int]:
-    """Ids of the chat-formatted prompt: the question, then the parallel-thinking instruction.
+def prompt_ids(tokenizer, prompt: str, parallel: bool = True) -> list[int]:
+    """Ids of the chat-formatted prompt: the question, and the parallel-thinking instruction when `parallel`.
 
     The question is text: a tag written in it ("what does <Parallel> mean?") is not structure (`encode_chat`).
     """
-    from modeling_multiverse import encode_chat
+    from modeling_multiverse import encode_chat, parallel_user_turn
 
-    content = f"{prompt.strip()}\n{instruction}" if instruction else prompt.strip()
+    content = parallel_user_turn(prompt) if parallel else prompt.strip()
     return encode_chat(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True)
 
 
@@ -69,19 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from modeling_multiverse import PARALLEL_INSTRUCTION, MultiverseForCausalLM
+    from modeling_multiverse import MultiverseForCausalLM
     from modeling_multiverse.precision import choose_precision
 
     precision = choose_precision(args.precision, "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
-    model.eval()
-    ids = prompt_ids(tokenizer, args.prompt, "" if args.no_instruction else PARALLEL_INSTRUCTION)
+    ids = prompt_ids(tokenizer, args.prompt, parallel=not args.no_instruction)
     if context is not None and len(ids) + args.max_new_tokens > context:
         raise ValueError(
             f"--max-new-tokens {args.max_new_tokens}: with the prompt's {len(ids)} tokens that exceeds the model's "
             f"context of {context} tokens; pass --max-new-tokens {context - len(ids)} or less"
         )
+    model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
+    model.eval()
     inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
     if args.top_p is not None:

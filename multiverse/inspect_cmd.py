@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(report)
         if args.json:
             print(json.dumps(report), flush=True)
+    if not reports:
+        raise ValueError(f"{args.file}: no records")
     summary = summarize(reports)
     if args.json:
         print(json.dumps({"summary": summary}))

@@ -20,7 +20,12 @@ from pathlib import Path
 import yaml
 
 from huggingface_hub import DatasetCard, HfApi, ModelCard
+from huggingface_hub import errors as hub_errors
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+# The base error of the HTTP client the Hub library uses (connection failures included), whichever client it is.
+_HTTP_ERROR: type[Exception] = getattr(hub_errors, "HTTPError", OSError)
 
 WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.gguf")
 DATA_PATTERNS: tuple[str, ...] = ("*.jsonl", "*.json", "*.parquet", "*.csv", "*.arrow")
@@ -138,14 +143,19 @@ def push_folder(
         raise FolderError(f"--repo-id {repo_id!r}: expected 'owner/name'")
     repo_type = validate_folder(folder, repo_type)
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type=repo_type,
-        commit_message=commit_message or f"Upload {repo_type} with `multiverse push`",
-        ignore_patterns=IGNORE_PATTERNS,
-    )
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type=repo_type,
+            commit_message=commit_message or f"Upload {repo_type} with `multiverse push`",
+            ignore_patterns=IGNORE_PATTERNS,
+        )
+    except HfHubHTTPError:
+        raise  # the Hub answered (an OSError with its message)
+    except _HTTP_ERROR as err:  # the Hub could not be reached at all
+        raise ConnectionError(f"could not reach the Hub to push {repo_id}: {err}") from None
     return str(getattr(commit, "commit_url", commit))
 
 
@@ -158,16 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="Hub token (default: the logged-in one, or HF_TOKEN)")
     parser.add_argument("--commit-message")
     args = parser.parse_args(argv)
-    try:
-        url = push_folder(
-            args.folder,
-            args.repo_id,
-            repo_type=args.repo_type,
-            private=args.private or None,
-            token=args.token,
-            commit_message=args.commit_message,
-        )
-    except FolderError as err:
-        parser.exit(2, f"multiverse push: {err}\n")
+    url = push_folder(  # a FolderError (a ValueError) is reported in one line by the CLI
+        args.folder,
+        args.repo_id,
+        repo_type=args.repo_type,
+        private=args.private or None,
+        token=args.token,
+        commit_message=args.commit_message,
+    )
     print(f"pushed {args.folder} to {url}")
     return 0

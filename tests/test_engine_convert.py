@@ -16,7 +16,7 @@ from test_engine import free_argmax_mismatches
 from tiny import tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, Qwen2Config, Qwen2ForCausalLM
 
-from modeling_multiverse import PARALLEL_INSTRUCTION, parse_ids, tag_ids_from_tokenizer
+from modeling_multiverse import parallel_user_turn, parse_ids, tag_ids_from_tokenizer
 from multiverse.convert import main as convert
 from multiverse.generate_cmd import main as generate_cmd
 
@@ -26,7 +26,7 @@ NESTED = [1, block(["1", "2"], [[3, block(["1.1", "1.2", "1.3"], [[4], [2], [6]]
 
 def check_invariant(model, tokenizer, skeleton, question: str) -> dict:
     template = skeleton_template(tokenizer, skeleton)
-    chat = [{"role": "user", "content": f"{question}\n{PARALLEL_INSTRUCTION}"}]
+    chat = [{"role": "user", "content": parallel_user_turn(question)}]
     enc = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(
         input_ids=enc["input_ids"],

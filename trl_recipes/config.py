@@ -33,7 +33,11 @@ class RecipeArguments:
     )
     recipe: str = field(
         default="multiverse",
-        metadata={"help": "multiverse: train the structure; autoregressive: the same data flattened.", "choices": list(RECIPES)},
+        metadata={
+            "help": "multiverse: train the structure; autoregressive: the same data flattened; grpo: RL with "
+            "fork/merge rollouts (trl_recipes/grpo.py, its own flags).",
+            "choices": [*RECIPES, "grpo"],
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
+from datasets.exceptions import DatasetGenerationError
 
 from modeling_multiverse import StructureError, parse_text, remove_tags
+from modeling_multiverse.jsonl import iter_jsonl
 
 RECIPES = ("multiverse", "autoregressive")
 Message = dict[str, str]
@@ -49,14 +51,16 @@ def load_sft_dataset(
     if isinstance(source, Dataset):
         dataset = source
     else:
-        path = Path(source)
+        path = check_source(source)
         if path.is_dir() and _is_saved_dataset(path / "dataset") and not _is_saved_dataset(path):
             path = path / "dataset"  # a curate export folder: dataset/, parquet files and a card
         if path.is_file():
             builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
-            if builder is None:
-                raise ValueError(f"dataset file {source}: unsupported extension {path.suffix!r}, expected .jsonl, .json or .parquet")
-            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+            try:
+                dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+            except DatasetGenerationError as err:
+                cause = " ".join(str(err.__cause__ or err).split())
+                raise ValueError(f"dataset file {source}: cannot be read as {builder} ({cause})") from None
         elif _is_saved_dataset(path):
             dataset = datasets.load_from_disk(str(path))
         elif path.exists():
@@ -64,8 +68,6 @@ def load_sft_dataset(
                 f"dataset folder {source} is not a `save_to_disk` folder (no dataset_info.json or dataset_dict.json) "
                 "nor a `multiverse curate --export-dir` folder"
             )
-        elif str(source).startswith((".", "/", "~")) or str(source).endswith("/") or str(source).count("/") > 1:
-            raise FileNotFoundError(f"--dataset {source}: no such file or folder")
         else:
             dataset = datasets.load_dataset(str(source), name=config, split=split)
     if isinstance(dataset, DatasetDict):
@@ -76,6 +78,27 @@ def load_sft_dataset(
         dataset = dataset[split]
     check_columns(dataset.column_names, source)
     return dataset
+
+
+def check_source(source: str) -> Path:
+    """Check a dataset path before anything loads: a missing local path, an unknown file type, a bad JSONL line
+    (named file:line) or JSONL records without the recipe columns. A Hub id passes through."""
+    path = Path(source)
+    if not path.exists():
+        if str(source).startswith((".", "/", "~")) or str(source).endswith("/") or str(source).count("/") > 1:
+            raise FileNotFoundError(f"--dataset {source}: no such file or folder")
+        return path
+    if path.is_file():
+        if path.suffix not in (".jsonl", ".json", ".parquet"):
+            raise ValueError(f"dataset file {source}: unsupported extension {path.suffix!r}, expected .jsonl, .json or .parquet")
+        if path.suffix == ".jsonl":
+            columns = None
+            for _, record in iter_jsonl(path):
+                columns = columns or list(record)
+            if columns is None:
+                raise ValueError(f"dataset file {source}: no records")
+            check_columns(columns, source)
+    return path
 
 
 def _is_saved_dataset(path: Path) -> bool:

@@ -35,7 +35,7 @@ from trl import TrlParser, get_peft_config
 from modeling_multiverse import MultiverseForCausalLM, tag_ids_from_tokenizer
 
 from .config import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
-from .data import load_sft_dataset
+from .data import check_source, load_sft_dataset
 from .export import save_hub_ready
 from .preparation import PreparationReport, prepare_dataset
 from .trainer import MultiverseSFTTrainer
@@ -78,15 +78,17 @@ def _hub_base(name: str) -> str:
     return json.loads(record.read_text()).get("base_model", name) if record.is_file() else name
 
 
-def _check_paths(model, dataset, output_dir) -> None:
-    """Refuse before loading anything: a missing model folder, and an output that would overwrite an input."""
-    from modeling_multiverse.paths import model_config, same_path
+def _check_paths(model, dataset, output_dir, recipe: str) -> None:
+    """Refuse before loading anything: a missing or unconverted model, bad data, an output that would overwrite an input."""
+    from modeling_multiverse.paths import model_config, multiverse_config, same_path
 
     if isinstance(model, str):
-        model_config(model, "--model")
+        (multiverse_config if recipe == "multiverse" else model_config)(model, "--model")
         if same_path(model, output_dir):
             raise ValueError(f"--output {output_dir} would overwrite the model it trains (--model {model}); pick another folder")
-    if isinstance(dataset, str) and same_path(dataset, output_dir):
+    if isinstance(dataset, (str, Path)):
+        check_source(str(dataset))
+    if isinstance(dataset, (str, Path)) and same_path(dataset, output_dir):
         raise ValueError(f"--output {output_dir} would overwrite the training data (--dataset {dataset}); pick another folder")
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise NotADirectoryError(f"--output {output_dir}: is a file, expected a folder")
@@ -116,6 +118,7 @@ def train(
         model_args.model_name_or_path if model is None else model,
         recipe_args.dataset_name if dataset is None else dataset,
         config.output_dir,
+        recipe,
     )
     if model is None:
         base_name = _hub_base(model_args.model_name_or_path)
@@ -170,9 +173,30 @@ def make_parser() -> TrlParser:
     return TrlParser((RecipeArguments, MultiverseSFTConfig, MultiverseModelConfig), prog="multiverse train")
 
 
+def _requested_recipe(argv: list[str]) -> str | None:
+    """`--recipe` from the command line, else from the `--config` YAML (the GRPO recipe has its own parser)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--recipe="):
+            return arg.split("=", 1)[1]
+        if arg == "--recipe" and i + 1 < len(argv):
+            return argv[i + 1]
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        if path and Path(path).is_file():
+            import yaml
+
+            return (yaml.safe_load(Path(path).read_text()) or {}).get("recipe")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if _requested_recipe(argv) == "grpo":
+        from .grpo import main as grpo_main
+
+        return grpo_main(argv)
     parser = make_parser()
-    recipe_args, config, model_args = parser.parse_args_and_config(sys.argv[1:] if argv is None else argv)
+    recipe_args, config, model_args = parser.parse_args_and_config(argv)
     missing = [flag for flag, value in (("--model", model_args.model_name_or_path), ("--dataset", recipe_args.dataset_name), ("--output", config.output_dir)) if not value]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
