@@ -61,3 +61,15 @@ def test_the_probe_measures_both_dtypes_and_names_the_hardware():
     line = hardware_line(report)
     assert report["name"] in line and f"{report['threads']} threads" in line and "64x64" in line and "per core" in line
     assert torch.get_num_threads() == report["threads"]  # the per-core probe gave the threads back
+
+
+def test_eval_and_generate_refuse_an_unknown_precision(capsys):
+    from multiverse.evaluate import parse_args
+    from multiverse.generate_cmd import main as generate_main
+
+    assert parse_args(["--model", "m", "--data", "d.jsonl"]).precision == "auto"
+    for refuse in (lambda: parse_args(["--model", "m", "--data", "d.jsonl", "--precision", "fp16"]),
+                   lambda: generate_main(["--model", "m", "--prompt", "q", "--precision", "fp16"])):
+        with pytest.raises(SystemExit) as exit_:
+            refuse()
+        assert exit_.value.code == 2 and "--precision" in capsys.readouterr().err
