@@ -39,6 +39,7 @@ from modeling_multiverse import (
     tag_ids_from_tokenizer,
 )
 from modeling_multiverse.jsonl import iter_jsonl
+from modeling_multiverse.precision import PRECISIONS, choose_precision
 
 ANSWER_HINTS: dict[str, str] = {
     "math": "Put your final answer within \\boxed{}.",
@@ -194,6 +195,61 @@ def _well_formed(text: str) -> bool:
     return True
 
 
+def encode_prompts(tokenizer, records: Sequence[Mapping[str, Any]], parallel_prompt: bool, device) -> Any:
+    """The chat-formatted prompts of `records` as one left-padded batch on `device`.
+
+    Left padding, asked for in the call so that the tokenizer's own `padding_side` stays as it is:
+    generation continues every row from its last real token.
+    """
+    ids = _prompt_ids(tokenizer, records, parallel_prompt)
+    return tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt").to(device)
+
+
+def generate_batch(model, tokenizer, encoded, max_new_tokens: int, pad_id: int) -> tuple[list[list[int]], Any, float]:
+    """Greedy decoding of one encoded batch: (new token ids per row, the `generate` output, seconds)."""
+    start = time.perf_counter()
+    output = model.generate(
+        input_ids=encoded["input_ids"],
+        attention_mask=encoded["attention_mask"],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+        return_dict_in_generate=True,
+        tokenizer=tokenizer,  # the engine reads labels and tags with it
+    )
+    seconds = time.perf_counter() - start
+    return output.sequences[:, encoded["input_ids"].shape[1] :].tolist(), output, seconds
+
+
+def trim_response(ids: Sequence[int], stop_ids: set[int]) -> tuple[list[int], bool]:
+    """(the response's ids up to its first stop token, whether it had one); what follows is padding.
+
+    >>> trim_response([5, 6, 2, 0, 0], {2})
+    ([5, 6], True)
+    """
+    end = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
+    return list(ids[:end]), end < len(ids)
+
+
+def grade_record(
+    record: Mapping[str, Any], response: str, tokens: int, steps: int, finished: bool, batch_time_s: float
+) -> dict[str, Any]:
+    """One problem's result: the graded response and its decoding statistics."""
+    return {
+        "id": record["id"],
+        "answer": record["answer"],
+        "predicted": extract_answer(response, record["kind"]),
+        "correct": grade(response, record["answer"], record["kind"]),
+        "well_formed": _well_formed(response),
+        "finished": finished,
+        "generated_tokens": tokens,
+        "decode_steps": steps,
+        "parallelism": tokens / steps if steps else 1.0,
+        "batch_time_s": batch_time_s,
+        "response": response,
+    }
+
+
 @torch.inference_mode()
 def evaluate(
     model,
@@ -209,7 +265,7 @@ def evaluate(
     `records` are `load_records` output (`{id, question, answer, kind}`). Returns a report with
     `accuracy`, `well_formed` (fraction of responses that parse with a `<Think>` block),
     `parallelism` (mean of generated tokens / decode steps), `mean_tokens`, `wall_time_s`,
-    `tokens_per_s` and per-problem `records`.
+    `tokens_per_s` and per-problem `records`. The tokenizer is left as it was given.
 
     Example:
         >>> report = evaluate(model, tokenizer, records, "math", max_new_tokens=256)  # doctest: +SKIP
@@ -221,53 +277,19 @@ def evaluate(
     records = [dict(r, kind=r.get("kind", kind)) for r in records]
     stop_ids = _stop_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids), 0)
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues every row from its last real token
     device = next(model.parameters()).device
     results: list[dict[str, Any]] = []
     start = time.perf_counter()
-    try:
-        for first in tqdm(range(0, len(records), batch_size), desc="eval", unit="batch"):
-            batch = records[first : first + batch_size]
-            encoded = tokenizer.pad(
-                {"input_ids": _prompt_ids(tokenizer, batch, parallel_prompt)}, padding=True, return_tensors="pt"
-            ).to(device)
-            batch_start = time.perf_counter()
-            output = model.generate(
-                input_ids=encoded["input_ids"],
-                attention_mask=encoded["attention_mask"],
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
-                return_dict_in_generate=True,
-                tokenizer=tokenizer,  # the engine reads labels and tags with it
-            )
-            batch_time = time.perf_counter() - batch_start
-            new_tokens = output.sequences[:, encoded["input_ids"].shape[1] :].tolist()
-            for row, (record, ids) in enumerate(zip(batch, new_tokens)):
-                # the response ends at the first stop token; what follows is padding
-                end = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
-                tokens, steps = generation_stats(output, row, end + (end < len(ids)))
-                response = tokenizer.decode(ids[:end], skip_special_tokens=False)
-                results.append(
-                    {
-                        "id": record["id"],
-                        "answer": record["answer"],
-                        "predicted": extract_answer(response, record["kind"]),
-                        "correct": grade(response, record["answer"], record["kind"]),
-                        "well_formed": _well_formed(response),
-                        "finished": end < len(ids),
-                        "generated_tokens": tokens,
-                        "decode_steps": steps,
-                        "parallelism": tokens / steps if steps else 1.0,
-                        "batch_time_s": batch_time,
-                        "response": response,
-                    }
-                )
-    finally:
-        tokenizer.padding_side = padding_side
-    wall = time.perf_counter() - start
-    return summarize(results, kind, wall)
+    for first in tqdm(range(0, len(records), batch_size), desc="eval", unit="batch"):
+        batch = records[first : first + batch_size]
+        encoded = encode_prompts(tokenizer, batch, parallel_prompt, device)
+        new_tokens, output, seconds = generate_batch(model, tokenizer, encoded, max_new_tokens, pad_id)
+        for row, (record, ids) in enumerate(zip(batch, new_tokens)):
+            response_ids, finished = trim_response(ids, stop_ids)
+            tokens, steps = generation_stats(output, row, len(response_ids) + finished)
+            response = tokenizer.decode(response_ids, skip_special_tokens=False)
+            results.append(grade_record(record, response, tokens, steps, finished, seconds))
+    return summarize(results, kind, time.perf_counter() - start)
 
 
 def summarize(results: Sequence[Mapping[str, Any]], kind: str, wall_time_s: float) -> dict[str, Any]:
@@ -329,14 +351,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="append PARALLEL_INSTRUCTION to the prompt (default: when the tokenizer has the Multiverse tags)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto", help="torch dtype to load the weights in (auto, bfloat16, float32)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="decoding precision; auto: bf16 where the device runs it natively, else fp32 (default)",
+    )
     parser.add_argument("--output", help="write the full report (with per-problem records) to this JSON file")
     args = parser.parse_args(argv)
     for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.dtype != "auto" and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
-        raise ValueError(f"--dtype {args.dtype!r} is not a torch dtype (auto, float32, bfloat16, float16)")
     try:
         torch.empty(0, device=args.device)
     except (RuntimeError, AssertionError) as err:
@@ -358,11 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.output and (same_path(args.output, args.data) or Path(args.output).is_dir()):
         raise ValueError(f"--output {args.output} is the data file or a folder; the report needs a file of its own")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    precision = choose_precision(args.precision, args.device)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype).to(args.device).eval()
     parallel_prompt = is_multiverse_tokenizer(tokenizer) if args.parallel_prompt is None else args.parallel_prompt
     report = evaluate(model, tokenizer, records, kind, args.max_new_tokens, args.batch_size, parallel_prompt)
-    report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt)
+    report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt, precision=precision.as_dict())
     print(format_summary(report))
     if args.output:
         write_text_atomic(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")

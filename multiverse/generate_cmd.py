@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--max-branches", type=int, default=None, help="most paths per block")
     parser.add_argument("--max-depth", type=int, default=None, help="deepest block decoded in parallel")
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="decoding precision; auto: bf16 where this CPU runs it natively, else fp32 (default)",
+    )
     parser.add_argument("--no-instruction", action="store_true", help="do not append the 'in parallel' instruction")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
@@ -66,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from modeling_multiverse import MultiverseForCausalLM
+    from modeling_multiverse.precision import choose_precision
 
+    precision = choose_precision(args.precision, "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     ids = prompt_ids(tokenizer, args.prompt, parallel=not args.no_instruction)
     if context is not None and len(ids) + args.max_new_tokens > context:
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--max-new-tokens {args.max_new_tokens}: with the prompt's {len(ids)} tokens that exceeds the model's "
             f"context of {context} tokens; pass --max-new-tokens {context - len(ids)} or less"
         )
-    model = MultiverseForCausalLM.from_pretrained(args.model)
+    model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
     model.eval()
     inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "blocks": out.blocks[0],
         "seconds": round(seconds, 3),
         "tokens_per_second": round(out.generated_tokens[0] / seconds, 2) if seconds else None,
+        "precision": precision.name,
     }
     if args.json:
         print(json.dumps({"prompt": args.prompt, "response": response, **stats}))

@@ -630,7 +630,6 @@ def test_eval_paths(capsys, tmp_path, folders):
         (["--max-new-tokens", "1000000000"], ["--max-new-tokens", "context"]),
         (["--batch-size", "0"], ["--batch-size"]),
         (["--limit", "0"], ["--limit"]),
-        (["--dtype", "float33"], ["--dtype"]),
         (["--device", "tpu9"], ["--device tpu9"]),
     ],
 )

@@ -1,4 +1,8 @@
-"""The quick demo end to end on the embedded default: every stage, the summary, the report, resume."""
+"""The demo end to end on the embedded default: every stage, the summary, the report, resume.
+
+The default suite runs a micro demo (a few problems, one training step, a few new tokens): every stage
+and every output, in about a minute of two cores. The quick demo (`multiverse demo --quick`) is marked slow.
+"""
 
 import json
 
@@ -6,23 +10,27 @@ import pytest
 
 from multiverse.demo import DemoSettings, run_demo
 
-SUMMARY_KEYS = {"n_eval", "accuracy_multiverse", "accuracy_autoregressive", "well_formed", "parallelism", "speedup"}
+SUMMARY_KEYS = {
+    "n_eval", "accuracy_multiverse", "accuracy_autoregressive", "well_formed", "parallelism", "speedup",
+    "speedup_batch1", "precision", "hardware", "total_seconds", "total_cpu_seconds",
+}
+MICRO = DemoSettings(
+    n_train=8, n_eval=2, parts=(2, 2), bags=(2, 2), max_length=256, max_steps=1, batch_size=1,
+    gradient_accumulation=1, train_layers=1, max_new_tokens=24, eval_batch_size=2, latency_problems=1,
+    warmup_steps=0, precision="fp32",
+)
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "run"
-    return out, run_demo(out, DemoSettings.quick())
-
-
-def test_quick_demo_writes_summary_report_plots_and_two_hub_ready_models(quick_run):
-    out, summary = quick_run
+def check_run(out, summary, settings):
     assert SUMMARY_KEYS <= set(summary)
-    assert json.loads((out / "summary.json").read_text())["n_eval"] == summary["n_eval"] == DemoSettings.quick().n_eval
+    assert json.loads((out / "summary.json").read_text())["n_eval"] == summary["n_eval"] == settings.n_eval
     assert 0.0 <= summary["accuracy_multiverse"] <= 1.0 and summary["parallelism"] >= 1.0 and summary["speedup"] > 0
-    assert set(summary["stage_seconds"]) >= {"synth", "curate", "convert", "train-multiverse", "train-autoregressive"}
+    assert summary["latency_problems"] == settings.latency_problems and summary["speedup_batch1"] > 0
+    assert summary["precision"]["requested"] == settings.precision and summary["hardware"]["fp32_gflops"] > 0
+    stages = {"hardware", "synth", "curate", "convert", "train-multiverse", "train-autoregressive", "latency-multiverse"}
+    assert stages <= set(summary["stage_seconds"]) and stages <= set(summary["stage_cpu_seconds"])
     report = (out / "report.md").read_text()
-    assert "accuracy" in report and "Wall-clock speedup" in report
+    assert "accuracy" in report and "Wall-clock speedup" in report and "Hardware: " in report
     for plot in ("accuracy.png", "parallelism.png", "speedup.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for model in ("multiverse-model", "autoregressive-model"):
@@ -33,12 +41,42 @@ def test_quick_demo_writes_summary_report_plots_and_two_hub_ready_models(quick_r
         assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (folder / "README.md").read_text()
 
 
-def test_a_rerun_reuses_every_stage_and_other_settings_are_refused(quick_run, capsys):
-    out, summary = quick_run
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return out, run_demo(out, MICRO)
+
+
+def test_micro_demo_writes_summary_report_plots_and_two_hub_ready_models(micro_run):
+    check_run(*micro_run, MICRO)
+
+
+def test_only_the_top_layers_and_the_embeddings_were_trained(micro_run):
+    from safetensors.torch import load_file
+
+    out, _ = micro_run
+    base = load_file(out / "smollm2-multiverse-base" / "model.safetensors")
+    trained = load_file(out / "multiverse-model" / "model.safetensors")
+    changed = {name for name, weight in trained.items() if not weight.equal(base[name])}
+    top = max(int(name.split(".layers.")[1].split(".")[0]) for name in base if ".layers." in name)
+    trained_names = (f".layers.{top}.", "embed_tokens", "lm_head")
+    assert changed and all(any(part in name for part in trained_names) or name.endswith(".norm.weight") for name in changed)
+    assert any(f".layers.{top}." in name for name in changed)
+
+
+def test_a_rerun_reuses_every_stage_and_other_settings_are_refused(micro_run, capsys):
+    out, summary = micro_run
     before = json.loads((out / "stages.json").read_text())
-    again = run_demo(out, DemoSettings.quick())
+    again = run_demo(out, MICRO)
     assert again["accuracy_multiverse"] == summary["accuracy_multiverse"]
     assert "reused" in capsys.readouterr().out
     assert json.loads((out / "stages.json").read_text()) == before  # nothing ran again
     with pytest.raises(ValueError, match="other settings"):
         run_demo(out, DemoSettings(n_train=10, n_eval=2))
+
+
+@pytest.mark.slow
+def test_quick_demo(tmp_path):
+    out = tmp_path / "run"
+    settings = DemoSettings.quick()
+    check_run(out, run_demo(out, settings), settings)

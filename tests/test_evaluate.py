@@ -115,7 +115,7 @@ def test_evaluate_end_to_end_on_a_saved_tiny_model(saved_tiny_model, monkeypatch
         assert 1 <= record["generated_tokens"] <= 8 and record["decode_steps"] == record["generated_tokens"]
         assert isinstance(record["response"], str) and isinstance(record["correct"], bool)
     assert 0.0 <= report["accuracy"] <= 1.0 and report["parallelism"] == 1.0
-    assert tokenizer.padding_side == "right"  # evaluate pads left for generation, then restores it
+    assert tokenizer.padding_side == "right"  # evaluate pads left for generation without touching the tokenizer
     # left padding must not change greedy outputs: the batch of 2 equals one prompt at a time
     alone = evaluate(model, tokenizer, records, "aime", max_new_tokens=8, batch_size=1, parallel_prompt=True)
     assert [r["response"] for r in alone["records"]] == [r["response"] for r in report["records"]]
@@ -125,6 +125,8 @@ def test_evaluate_end_to_end_on_a_saved_tiny_model(saved_tiny_model, monkeypatch
     known = [well_formed_and_right, "no structure, answer \\boxed{5}", "\\boxed{3}"]
 
     def fake_generate(input_ids, attention_mask, max_new_tokens, **kwargs):  # what the engine would return
+        assert tokenizer.padding_side == "right"  # the caller's tokenizer is never changed, not even meanwhile
+        assert attention_mask[:, -1].all()  # yet the prompts are padded on the left
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in known]
         width = max(map(len, ids))
         rows = [row + [tokenizer.pad_token_id] * (width - len(row)) for row in ids]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import ModelConfig, SFTConfig
 
+from modeling_multiverse.precision import PRECISIONS, choose_precision
+
 from .data import RECIPES
 
 
@@ -61,9 +63,14 @@ class RecipeArguments:
 @dataclass
 class MultiverseSFTConfig(SFTConfig):
     """SFTConfig with `--output` for `--output_dir`, the defaults `MultiverseSFTTrainer` needs (the structure
-    columns kept for the collator, TRL's dataset preparation skipped: `prepare_dataset` did it), and bf16 /
-    gradient checkpointing off on machines without a GPU (TRL turns both on by default; on CPU they only slow
-    training down)."""
+    columns kept for the collator, TRL's dataset preparation skipped: `prepare_dataset` did it), `--precision`
+    choosing bf16 by the hardware, and gradient checkpointing off on machines without a GPU (TRL turns it on by
+    default; on CPU it only slows training down).
+
+    `--precision auto` (the default) trains in bf16 mixed precision only where the device runs bf16 natively
+    (a CUDA GPU with bf16, or a CPU where oneDNN reports bf16) and in fp32 elsewhere: emulated bf16 is tens of
+    times slower than fp32. An explicit `--bf16 true|false` wins over `auto`. `precision_reason` records why.
+    """
 
     output_dir: str | None = field(default=None, metadata={"help": "Where the trained model goes.", "aliases": ["--output"]})
     remove_unused_columns: bool = field(
@@ -73,14 +80,27 @@ class MultiverseSFTConfig(SFTConfig):
         default_factory=lambda: {"skip_prepare_dataset": True},
         metadata={"help": "Must keep skip_prepare_dataset=True: rows come from `prepare_dataset`."},
     )
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on when a GPU is present."})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto: bf16 where the hardware runs it natively, else fp32; or fp32 / bf16.", "choices": list(PRECISIONS)},
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: from --precision."})
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Gradient checkpointing; default: on when a GPU is present."}
     )
+    precision_reason: str = field(default="", init=False, metadata={"help": "Why training runs in this precision."})
 
     def __post_init__(self):
-        if self.bf16 is None and not torch.cuda.is_available():
-            self.bf16 = False
+        device = "cpu" if self.use_cpu or not torch.cuda.is_available() else "cuda"
+        if self.bf16 is None and self.fp16:
+            self.bf16, self.precision_reason = False, "fp16 asked for with --fp16"
+        elif self.bf16 is None:
+            choice = choose_precision(self.precision, device)
+            self.bf16, self.precision_reason = choice.bf16, choice.reason
+        elif self.precision != "auto" and self.bf16 != (self.precision == "bf16"):
+            raise ValueError(f"--precision {self.precision} contradicts --bf16 {self.bf16}; give one of them")
+        else:
+            self.precision_reason = f"asked for with --bf16 {self.bf16}"
         if self.gradient_checkpointing is None:
             self.gradient_checkpointing = torch.cuda.is_available()
         super().__post_init__()

@@ -160,6 +160,8 @@ def train(
         "steps": trainer.state.global_step,
         "packing": recipe_args.pack_examples,
         "lora": peft_config is not None,
+        "precision": "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32",
+        "precision_reason": getattr(config, "precision_reason", ""),
     }
     output_dir = Path(config.output_dir)
     save_hub_ready(trainer, output_dir, recipe=recipe, base_model=base_name, training=training)
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{recipe_args.recipe}: trained on {report.examples - len(report.skipped)} of {report.examples} examples "
         f"({len(report.skipped)} skipped, {report.truncated} truncated) in {report.rows} rows; losses: {losses}; "
+        f"precision {'bf16' if config.bf16 else 'fp16' if config.fp16 else 'fp32'} ({config.precision_reason}); "
         f"wrote {outcome.output_dir}"
     )
     return 0
