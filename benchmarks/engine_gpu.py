@@ -36,11 +36,11 @@ from engine_skeleton import SkeletonProcessor, block, replay_template, skeleton_
 from tiny import tiny_tokenizer  # noqa: E402
 
 from modeling_multiverse import (  # noqa: E402
-    PARALLEL_INSTRUCTION,
     MultiverseConfig,
     MultiverseForCausalLM,
     add_multiverse_tokens,
     add_tag_tokens,
+    parallel_user_turn,
     structure_of_ids,
     tag_ids_from_tokenizer,
 )
@@ -158,7 +158,7 @@ def timed_run(model, fn) -> dict:
 
 
 def prompts(tokenizer, batch: int):
-    texts = [f"Question {i}: how many divisors does {36 + 7 * i} have?\n{PARALLEL_INSTRUCTION}\n" for i in range(batch)]
+    texts = [parallel_user_turn(f"Question {i}: how many divisors does {36 + 7 * i} have?") + "\n" for i in range(batch)]
     tokenizer.padding_side = "left"
     return tokenizer(texts, return_tensors="pt", padding=True)
 
