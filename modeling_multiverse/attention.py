@@ -29,6 +29,10 @@ try:  # flex_attention is optional: CPU-only or older builds fall back to dense 
 except ImportError:  # pragma: no cover
     BlockMask = None
 
+MULTIVERSE_KERNEL_ATTENTION = "multiverse_kernel"
+"""The attention implementation of the opt-in kernel path (`kernel_attention.py`): it takes no mask but the
+intervals themselves (`multiverse_intervals=(forbid_lo, forbid_hi)`)."""
+
 
 def structure_of_ids(ids: torch.Tensor | Sequence[int], tag_ids: TagIds, *, partial: bool = True) -> TokenStructure:
     """Per-token arrays of one unpadded sequence. Partial by default: truncated sequences are legal."""

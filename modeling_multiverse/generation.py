@@ -39,8 +39,11 @@ Guards and misbehaviour (never a crash, never lost text):
   negative temperature, top_p outside (0, 1], num_return_sequences > 1 without sampling, an empty
   prompt. Without `tokenizer=`, the tokenizer beside the weights is loaded without remote code.
 
-Prompts are attended causally with positions 0..P-1; a prompt that ends inside a `<Parallel>` block
-is refused with a clear error. In a batch every row of the cache grows by the widest row's step, so
+The first step prefills the prompts: causally with positions 0..P-1, or, for a prompt that already
+holds closed blocks (a response being continued), under SPEC 4 and 5 exactly as one full forward reads
+it, the mask in the form the attention implementation takes (flex_attention a `BlockMask`, the kernel
+path the intervals themselves, sdpa and eager an additive mask). A prompt that ends inside a
+`<Parallel>` block is refused with a clear error. In a batch every row of the cache grows by the widest row's step, so
 rows with fewer live branches carry padding slots (a single prompt carries none: its KV is exactly
 the canonical output's, minus the last unfed tokens). A prompt that has finished leaves the batch
 (its cache row is dropped), so a long answer does not make every other row decode padding.
@@ -76,6 +79,7 @@ from transformers import (
 from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.utils import ModelOutput
 
+from .attention import MULTIVERSE_KERNEL_ATTENTION, mask_for, stack
 from .decode_attention import EngineCache, VisibilityTable, engine_attention
 from .streaming import GenerationStream
 from .structure import (
@@ -84,6 +88,7 @@ from .structure import (
     TAGS,
     TEXT,
     StructureParser,
+    TokenStructure,
     allowed_tags,
     parse_ids,
     path_seed,
@@ -158,6 +163,7 @@ class _Branch:
         self.position = position  # SPEC 5 position id of the next token fed
         self.depth = depth  # forks above it
         self.pending: list[int] = []  # appended to `view`, not yet in the KV cache
+        self.pending_positions: list[int] | None = None  # theirs when not position, position + 1, ... (a prompt)
         self.state = state
         self.resume = LIVE  # the state it returns to after a merge
         self.logits_row = -1  # its row in the engine's `logits` of the last step
@@ -173,11 +179,15 @@ class _Sequence:
     def __init__(self, row: int, prompt: list[int], parser: StructureParser):
         self.row = row  # in the batch as given (streams report it)
         self.prompt_length = len(prompt)
+        # a prompt that holds blocks is prefilled under SPEC 4 and 5, as one full forward would read it
+        self.prompt_structure = parser.finish().arrays() if parser.blocks else None
         self.branches: list[_Branch] = []
         self.visibility_ops: list[tuple[str, int, int]] = []  # ("copy" | "merge", dst slot, src slot)
         self.root = self.new_branch(None, list(prompt), parser, 0, 0, LIVE)
         self.root.base = 1
         self.root.pending = list(prompt)
+        if self.prompt_structure is not None:
+            self.root.pending_positions = self.prompt_structure.position_ids.tolist()
         self.state = DECODING
         self.generated = 0
         self.closing_tokens = 0
@@ -206,6 +216,8 @@ class StepInputs:
     Query q of row b feeds `ids[0, b, q]` at SPEC 5 position `ids[1, b, q]` for branch slot
     `ids[2, b, q]` into cache column `start + q`; padding queries use slot 0. Logits are kept at the
     queries `keep` (the last token fed by each branch that samples next); `samplers` says which.
+    The prefill of prompts that hold blocks also carries their SPEC 4 intervals `[B, D, W]` (see
+    `attention.stack`): there the mask comes from the prompts' structure, not the visibility table.
     """
 
     ids: torch.Tensor  # [3, B, W] long: token ids, position ids, branch slots
@@ -215,6 +227,7 @@ class StepInputs:
     start: int
     fed: list[list[_Branch]]  # per row, the branches fed, in query order
     samplers: list[_Branch]  # in `sample_rows` order
+    prompt_intervals: tuple[torch.Tensor, torch.Tensor] | None = None  # (forbid_lo, forbid_hi) of the prefill
 
 
 def pack_step(rows: list[_Sequence], start: int, pad_id: int) -> StepInputs | None:
@@ -230,7 +243,7 @@ def pack_step(rows: list[_Sequence], start: int, pad_id: int) -> StepInputs | No
         for branch in branches:
             n = len(branch.pending)
             row_ids += branch.pending
-            row_positions += range(branch.position, branch.position + n)
+            row_positions += branch.pending_positions or range(branch.position, branch.position + n)
             row_slots += [branch.slot] * n
             if branch.state == LIVE:
                 last_queries.append((branch, row, len(row_ids) - 1))
@@ -240,6 +253,11 @@ def pack_step(rows: list[_Sequence], start: int, pad_id: int) -> StepInputs | No
         slots.append(row_slots + [0] * pad)
     keep = sorted({q for _, _, q in last_queries}) or [width - 1]
     column = {q: i for i, q in enumerate(keep)}
+    prompt_intervals = None
+    if start == 0 and any(seq.prompt_structure is not None for seq in rows):  # the prefill (only roots are fed)
+        structures = [seq.prompt_structure or TokenStructure.causal(seq.prompt_length) for seq in rows]
+        _, forbid_lo, forbid_hi = stack(structures, [0] * len(rows), width)
+        prompt_intervals = (forbid_lo, forbid_hi)
     return StepInputs(
         ids=torch.tensor([ids, positions, slots], dtype=torch.long),
         keep=torch.tensor(keep, dtype=torch.long),
@@ -248,6 +266,7 @@ def pack_step(rows: list[_Sequence], start: int, pad_id: int) -> StepInputs | No
         start=start,
         fed=fed,
         samplers=[branch for branch, _, _ in last_queries],
+        prompt_intervals=prompt_intervals,
     )
 
 
@@ -343,13 +362,24 @@ class MultiverseEngine:
                 (self.visibility.copy if op == "copy" else self.visibility.merge)(row, dst, src)
             seq.visibility_ops.clear()
         self.visibility.write(slots, step.start)
+        structured = {}
+        if step.prompt_intervals is None:
+            mask = self.visibility.mask(slots, step.start, self.model.dtype)
+        else:  # prompts with blocks: SPEC 4 in the form the attention takes (flex: BlockMask, kernel: intervals)
+            intervals = tuple(t.to(device, non_blocking=True) for t in step.prompt_intervals)
+            implementation = self.model.get_decoder().config._attn_implementation
+            if implementation == MULTIVERSE_KERNEL_ATTENTION:
+                mask, structured["multiverse_intervals"] = None, intervals
+            else:
+                mask = mask_for(*intervals, implementation, self.model.dtype)
         outputs = self.model(
             input_ids=ids,
-            attention_mask=self.visibility.mask(slots, step.start, self.model.dtype),
+            attention_mask=mask,
             position_ids=positions,
             cache=self.cache,
             use_cache=True,
             logits_to_keep=step.keep.to(device, non_blocking=True),
+            **structured,
         )
         self.cache_length = step.start + width
         rows, columns = step.sample_rows.to(device, non_blocking=True), step.sample_columns.to(device, non_blocking=True)
@@ -360,7 +390,8 @@ class MultiverseEngine:
     def _settle_fed(self, step: StepInputs) -> None:
         for seq, branches in zip(self.rows, step.fed):
             for branch in branches:
-                branch.position += len(branch.pending)
+                branch.position = branch.pending_positions[-1] + 1 if branch.pending_positions else branch.position + len(branch.pending)
+                branch.pending_positions = None
             if branches:
                 seq.steps += 1
             for branch in branches:
@@ -759,25 +790,26 @@ def multiverse_generate(
         closing_tokens=[s.closing_tokens for s in seqs],
         decode_steps=[s.steps for s in seqs],
         parallelism=[s.generated / max(s.steps, 1) for s in seqs],
-        blocks=[_block_stats(engine, r) for r in responses],
+        blocks=[_block_stats(engine, s) for s in seqs],
         cache_tokens=engine.cache_length,
         token_logprobs=token_logprobs,
     )
 
 
-def _block_stats(engine: MultiverseEngine, response: list[int]) -> list[dict]:
-    structure = parse_ids(response, engine.tag_ids, partial=True)
-    stats = []
-    for block in structure.iter_blocks():
-        stats.append(
-            {
-                "labels": [engine._label(response, o, k) for k, o in enumerate(block.outlines)],
-                "branch_lengths": [(u.end or len(response)) - u.start for u in block.paths],
-                "depth": block.depth,
-                "start": block.open,
-            }
-        )
-    return stats
+def _block_stats(engine: MultiverseEngine, seq: _Sequence) -> list[dict]:
+    """The response's blocks; parsed with the prompt, which may have opened `<Think>` or written blocks of its own."""
+    view, start = seq.root.view, seq.prompt_length
+    structure = parse_ids(view, engine.tag_ids, partial=True)
+    return [
+        {
+            "labels": [engine._label(view, o, k) for k, o in enumerate(block.outlines)],
+            "branch_lengths": [(u.end or len(view)) - u.start for u in block.paths],
+            "depth": block.depth,
+            "start": block.open - start,
+        }
+        for block in structure.iter_blocks()
+        if block.open >= start
+    ]
 
 
 def generate(*args, model, multiverse: bool = True, **kwargs):
@@ -791,7 +823,7 @@ def generate(*args, model, multiverse: bool = True, **kwargs):
     return multiverse_generate(model, *args, **kwargs)
 
 
-SHIPPED_MODULES = ("structure.py", "decode_attention.py", "streaming.py")
+SHIPPED_MODULES = ("structure.py", "attention.py", "decode_attention.py", "streaming.py")
 """The modules `generate.py` imports relatively; they ship beside it."""
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .attention import dense_mask
+from .attention import MULTIVERSE_KERNEL_ATTENTION, dense_mask
 
 try:  # optional: the file ships as Hub remote code, where `kernels` may be absent
     from kernels import LayerRepository, LocalLayerRepository, Mode, kernelize, use_kernel_forward_from_hub, use_kernel_mapping
@@ -35,10 +35,6 @@ except ImportError:
     def use_kernel_forward_from_hub(layer_name: str):
         """Without `kernels`, layers keep their own forward."""
         return lambda cls: cls
-
-
-MULTIVERSE_KERNEL_ATTENTION = "multiverse_kernel"
-"""The attention implementation name under which the kernel path is registered with transformers."""
 
 
 @use_kernel_forward_from_hub("MultiverseAttention")

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .attention import batch_intervals, mask_for
 from .configuration_multiverse import MultiverseConfig
 from .generation import multiverse_generate, write_custom_generate
-from .kernel_attention import MULTIVERSE_KERNEL_ATTENTION
+from .kernel_attention import MULTIVERSE_KERNEL_ATTENTION  # also ships the opt-in kernel path with the model
 from .structure import PARALLEL, TAGS
 
 
