@@ -20,6 +20,8 @@ import json
 import time
 from pathlib import Path
 
+from modeling_multiverse.paths import write_text_atomic
+
 
 def log(message: str) -> None:
     print(f"[grpo-bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -75,7 +77,7 @@ def evaluate_model(model_dir: Path, held_out: Path, report: Path, args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(held_out, "builtin", limit=args.n_eval)
     result = evaluate(model, tokenizer, records, "builtin", max_new_tokens=args.max_new_tokens, batch_size=16, parallel_prompt=True)
-    report.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(report, json.dumps(result, indent=2) + "\n")
 
 
 def run_grpo(sft_model: Path, out: Path, args) -> None:
@@ -92,7 +94,7 @@ def run_grpo(sft_model: Path, out: Path, args) -> None:
         ),
         MultiverseModelConfig(model_name_or_path=str(sft_model)),
     )
-    (out / "grpo-log.json").write_text(json.dumps(outcome.log_history, indent=2) + "\n")
+    write_text_atomic(out / "grpo-log.json", json.dumps(outcome.log_history, indent=2) + "\n")
 
 
 def plot(out: Path) -> None:
@@ -156,7 +158,7 @@ def main() -> None:
         "parallelism +0.2 at accuracy within 2 points": delta_par >= 0.2 and delta_acc >= -0.02,
         "accuracy +5 points at no loss of parallelism": delta_acc >= 0.05 and delta_par >= 0.0,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     print(f"\n{len(before['records'])} held-out problems, greedy fork/merge decoding, max_new_tokens={args.max_new_tokens}")
     print(f"| measure | SFT (before) | SFT + GRPO {args.grpo_steps} steps (after) | change |")
     print("| --- | --- | --- | --- |")
