@@ -30,6 +30,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+"""Environment that makes a CPU with AVX-512 or AMX compute like an AVX2-only one, set before torch is
+imported: oneDNN then reports no native bf16 (bf16 is emulated) and fp32 runs AVX2 kernels. How to check the
+slow path on a fast CPU: `env ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ...`."""
+
 
 def _onednn_bf16() -> bool:
     """Whether oneDNN (torch's CPU matmul backend) has native bf16 kernels on this CPU."""

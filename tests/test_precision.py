@@ -1,5 +1,7 @@
 """Precision chosen by the hardware: bf16 only where it is native, the reason recorded, the matmul probe."""
 
+import platform
+
 import pytest
 import torch
 from trl import TrlParser
@@ -31,6 +33,21 @@ def test_an_explicit_precision_is_kept_and_emulated_bf16_is_flagged(cpu_bf16):
     assert ("much slower" in forced.reason) != cpu_bf16
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         choose_precision("fp16", "cpu")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX2_ONLY limits x86 instruction sets")
+def test_a_fast_cpu_restricted_to_avx2_decodes_in_fp32():
+    """With `AVX2_ONLY` set, any x86 CPU answers as an AVX2-only one: auto gives fp32, bf16 is emulated."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = "import json, torch; from modeling_multiverse.precision import choose_precision; print(json.dumps(choose_precision('auto', 'cpu').as_dict()))"
+    env = {**os.environ, **precision.AVX2_ONLY}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    choice = json.loads(result.stdout.strip().splitlines()[-1])
+    assert choice["precision"] == "fp32" and "no native bf16" in choice["reason"]
 
 
 def test_the_real_cpu_answer_matches_onednn():
