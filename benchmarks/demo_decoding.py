@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modeling_multiverse.decode_attention import ENGINE_SDPA  # noqa: E402
-from multiverse.evaluate import _prompt_texts, load_records  # noqa: E402
+from multiverse.evaluate import encode_prompts, load_records  # noqa: E402
 
 
 def load(folder: Path):
@@ -41,8 +41,7 @@ def load(folder: Path):
 def batches(tokenizer, records: list[dict], size: int, count: int) -> list[dict]:
     out = []
     for first in range(0, size * count, size):
-        texts = _prompt_texts(tokenizer, records[first : first + size], parallel_prompt=True)
-        out.append(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
+        out.append(encode_prompts(tokenizer, records[first : first + size], parallel_prompt=True, device="cpu"))
     return out
 
 
