@@ -183,6 +183,8 @@ def hardware_report(device: str | torch.device | None = None, size: int = 1024, 
             else {}
         ),
         "torch": torch.__version__,
+        # instruction sets held back by the environment (`AVX2_ONLY`): the numbers are those of the restricted CPU
+        "isa_limits": {name: os.environ[name] for name in AVX2_ONLY if name in os.environ and device.type == "cpu"},
         # other processes' share of the CPU when it was measured: the GFLOPS are wall-clock
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
@@ -195,8 +197,10 @@ def hardware_line(report: dict) -> str:
     'CPU X, 2 threads: fp32 15.0 GFLOPS, bf16 0.2 GFLOPS (1024x1024 matmul)'
     """
     size = report["matmul_size"]
+    limits = report.get("isa_limits") or {}
+    name = report["name"] + (f" limited by {' '.join(f'{k}={v}' for k, v in limits.items())}" if limits else "")
     line = (
-        f"{report['name']}, {report['threads']} threads: fp32 {report['fp32_gflops']} GFLOPS, "
+        f"{name}, {report['threads']} threads: fp32 {report['fp32_gflops']} GFLOPS, "
         f"bf16 {report['bf16_gflops']} GFLOPS ({size}x{size} matmul)"
     )
     if "fp32_gflops_per_core" in report:
