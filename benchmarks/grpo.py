@@ -89,7 +89,7 @@ def run_grpo(sft_model: Path, out: Path, args) -> None:
         MultiverseGRPOConfig(
             output_dir=str(out / "grpo-model"), max_steps=args.grpo_steps, num_generations=args.group,
             per_device_train_batch_size=args.group * args.prompts, max_completion_length=args.max_new_tokens,
-            learning_rate=args.lr, temperature=1.0, beta=0.0, reward_weights=[1.0, 0.25, 0.5], logging_steps=1,
+            learning_rate=args.lr, temperature=args.temperature, beta=0.0, reward_weights=[1.0, 0.25, 0.5], logging_steps=1,
             save_strategy="no", report_to="none", use_cpu=True, seed=args.seed, lr_scheduler_type="constant",
         ),
         MultiverseModelConfig(model_name_or_path=str(sft_model)),
@@ -130,6 +130,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2, help="prompts per GRPO step")
     parser.add_argument("--group", type=int, default=4, help="completions per prompt (GRPO group)")
     parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument(
+        "--temperature", type=float, default=1.0,
+        help="rollout temperature (the loss divides the logits by it too); below 1 a 135M model's groups are mostly well-formed",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--threads", type=int, default=2)
