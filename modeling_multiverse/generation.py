@@ -43,8 +43,8 @@ The first step prefills the prompts: causally with positions 0..P-1, or, for a p
 holds closed blocks (a response being continued), under SPEC 4 and 5 exactly as one full forward reads
 it, the mask in the form the attention implementation takes (flex_attention a `BlockMask`, the kernel
 path the intervals themselves, sdpa and eager an additive mask). A prompt that ends inside a
-`<Parallel>` block is refused with a clear error. In a batch every row of the cache grows by the widest row's step, so
-rows with fewer live branches carry padding slots (a single prompt carries none: its KV is exactly
+`<Parallel>` block is refused with a clear error. In a batch every row of the cache grows by the widest
+row's step, so rows with fewer live branches carry padding slots (a single prompt carries none: its KV is exactly
 the canonical output's, minus the last unfed tokens). A prompt that has finished leaves the batch
 (its cache row is dropped), so a long answer does not make every other row decode padding.
 
@@ -163,7 +163,7 @@ class _Branch:
         self.position = position  # SPEC 5 position id of the next token fed
         self.depth = depth  # forks above it
         self.pending: list[int] = []  # appended to `view`, not yet in the KV cache
-        self.pending_positions: list[int] | None = None  # theirs when not position, position + 1, ... (a prompt)
+        self.pending_positions: list[int] | None = None  # of `pending`, where not position, position + 1, ... (a prompt with blocks)
         self.state = state
         self.resume = LIVE  # the state it returns to after a merge
         self.logits_row = -1  # its row in the engine's `logits` of the last step
