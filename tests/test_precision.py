@@ -43,6 +43,8 @@ def test_a_fast_cpu_restricted_to_avx2_decodes_in_fp32():
     import subprocess
     import sys
 
+    held = {name: os.environ.get(name) for name in precision.AVX2_ONLY}
+    assert held == precision.AVX2_ONLY, f"tests/conftest.py holds the suite's CPU with {held}, not precision.AVX2_ONLY"
     probe = "import json, torch; from modeling_multiverse.precision import choose_precision; print(json.dumps(choose_precision('auto', 'cpu').as_dict()))"
     env = {**os.environ, **precision.AVX2_ONLY}
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
