@@ -72,6 +72,9 @@ def test_train_config_takes_precision_from_the_hardware(cpu_bf16):
     assert config.bf16 is False and "--bf16 False" in config.precision_reason
     with pytest.raises(ValueError, match="--precision bf16 contradicts --bf16 False"):
         MultiverseSFTConfig(output_dir="o", use_cpu=True, precision="bf16", bf16=False)
+    if not torch.cuda.is_available():  # `multiverse train` without --use_cpu: bf16 on the CPU must not be refused
+        _, config, _ = parser.parse_args_and_config(base[:-2])
+        assert config.bf16 == cpu_bf16 and config.use_cpu == cpu_bf16
 
 
 def test_the_probe_measures_both_dtypes_and_names_the_hardware():
