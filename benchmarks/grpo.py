@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if not 0 < args.temperature < float("inf"):
+        parser.error(f"--temperature must be a positive finite number, got {args.temperature}")
 
     import torch
 

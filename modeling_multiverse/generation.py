@@ -44,8 +44,8 @@ holds closed blocks (a response being continued), under SPEC 4 and 5 exactly as 
 it, the mask in the form the attention implementation takes (flex_attention a `BlockMask`, the kernel
 path the intervals themselves, sdpa and eager an additive mask). A prompt that ends inside a
 `<Parallel>` block is refused with a clear error. In a batch every row of the cache grows by the widest
-row's step, so rows with fewer live branches carry padding slots (a single prompt carries none: its KV is exactly
-the canonical output's, minus the last unfed tokens). A prompt that has finished leaves the batch
+row's step, so rows with fewer live branches carry padding slots (a single prompt carries none: its KV is
+exactly the canonical output's, minus the last unfed tokens). A prompt that has finished leaves the batch
 (its cache row is dropped), so a long answer does not make every other row decode padding.
 
 Example:
@@ -87,6 +87,7 @@ from .structure import (
     LABEL_WINDOW,
     TAGS,
     TEXT,
+    StructureError,
     StructureParser,
     TokenStructure,
     allowed_tags,
@@ -163,7 +164,8 @@ class _Branch:
         self.position = position  # SPEC 5 position id of the next token fed
         self.depth = depth  # forks above it
         self.pending: list[int] = []  # appended to `view`, not yet in the KV cache
-        self.pending_positions: list[int] | None = None  # of `pending`, where not position, position + 1, ... (a prompt with blocks)
+        # positions of `pending` where they are not position, position + 1, ... (a prompt that holds blocks)
+        self.pending_positions: list[int] | None = None
         self.state = state
         self.resume = LIVE  # the state it returns to after a merge
         self.logits_row = -1  # its row in the engine's `logits` of the last step
@@ -331,8 +333,11 @@ class MultiverseEngine:
         seqs = []
         for row, prompt in enumerate(prompts):
             parser = StructureParser(partial=True)
-            for i, token in enumerate(prompt):
-                parser.feed(self._kind(token), i)
+            try:
+                for i, token in enumerate(prompt):
+                    parser.feed(self._kind(token), i)
+            except StructureError as err:  # the prompt's own tags break the grammar: say which prompt
+                raise StructureError(f"prompt {row}: {err}", err.index) from None
             if parser.depth:
                 raise ValueError(
                     f"prompt {row} ends inside a <Parallel> block ({' '.join(TAGS[f.kind] for f in parser.stack[1:])} "
@@ -390,7 +395,8 @@ class MultiverseEngine:
     def _settle_fed(self, step: StepInputs) -> None:
         for seq, branches in zip(self.rows, step.fed):
             for branch in branches:
-                branch.position = branch.pending_positions[-1] + 1 if branch.pending_positions else branch.position + len(branch.pending)
+                last = branch.pending_positions[-1] if branch.pending_positions else branch.position + len(branch.pending) - 1
+                branch.position = last + 1
                 branch.pending_positions = None
             if branches:
                 seq.steps += 1

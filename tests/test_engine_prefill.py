@@ -17,7 +17,7 @@ from tiny import tiny_model
 from transformers import LogitsProcessorList
 
 import modeling_multiverse.generation as generation
-from modeling_multiverse import tag_ids_from_tokenizer
+from modeling_multiverse import StructureError, parse_ids, tag_ids_from_tokenizer
 from modeling_multiverse.kernel_attention import enable_multiverse_kernels
 
 KERNEL_REPO = Path(__file__).resolve().parents[1] / "hub_kernels" / "multiverse_attention"
@@ -28,13 +28,7 @@ def cut_after_first_block(model, tokenizer, skeleton: str):
     template = skeleton_template(tokenizer, SKELETONS[skeleton])
     enc, out, responses = run(model, tokenizer, ["What is 2+2?"], template, output_scores=True)
     response = responses[0]
-    tags = tag_ids_from_tokenizer(tokenizer)
-    depth = 0
-    for cut, token in enumerate(response):  # the end of the first top-level block
-        depth += (token == tags["<Parallel>"]) - (token == tags["</Parallel>"])
-        if token == tags["</Parallel>"] and depth == 0:
-            break
-    cut += 2
+    cut = parse_ids(response, tag_ids_from_tokenizer(tokenizer), partial=True).blocks[0].close + 2
     prompt = enc["input_ids"][0].tolist() + response[:cut]
     return template, prompt, response[cut:], out.token_logprobs[0, cut : len(response)]
 
@@ -81,7 +75,7 @@ def test_a_batch_mixing_structured_and_plain_prompts():
     model, tokenizer = tiny_model("qwen2", layers=2, seed=1)
     template, prompt, rest, logprobs = cut_after_first_block(model, tokenizer, "two_blocks")
     _, plain, _, _ = cut_after_first_block(model, tokenizer, "flat2_uneven")
-    plain = plain[: plain.index(tag_ids_from_tokenizer(tokenizer)["<Parallel>"])]  # the same prompt, cut before any block
+    plain = plain[: parse_ids(plain, tag_ids_from_tokenizer(tokenizer), partial=True).blocks[0].open]  # cut before any block
     alone, _, _ = continue_(model, tokenizer, template, [plain])
     responses, token_logprobs, _ = continue_(model, tokenizer, template, [plain, prompt])
     assert responses == [alone[0], rest]
@@ -117,3 +111,12 @@ def test_a_causal_prefill_would_be_caught(monkeypatch):
     monkeypatch.setattr(generation._Sequence, "__init__", causal)
     _, token_logprobs, _ = continue_(model, tokenizer, template, [prompt])
     assert free_gap(logprobs, token_logprobs[0]) > 1e-4
+
+
+def test_a_prompt_whose_tags_break_the_grammar_is_refused_with_its_row():
+    model, tokenizer = tiny_model("llama", layers=2, seed=1)
+    tags = tag_ids_from_tokenizer(tokenizer)
+    text = tokenizer("hello there", add_special_tokens=False)["input_ids"]
+    prompts = [text, text + [tags["<Parallel>"], tags["<Goal>"], tags["</Goal>"], tags["</Parallel>"]] + text]
+    with pytest.raises(StructureError, match=r"prompt 1: at token \d+: found </Goal>, expected at least one <Outline>"):
+        continue_(model, tokenizer, skeleton_template(tokenizer, [2]), prompts)
