@@ -26,7 +26,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
-from modeling_multiverse.precision import PRECISIONS, choose_precision, hardware_line, hardware_report
+from runtime.precision import PRECISIONS, choose_precision, hardware_line, hardware_report
 
 SMOLLM2_135M = dict(
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modeling_multiverse.decode_attention import ENGINE_SDPA  # noqa: E402
-from multiverse.evaluate import encode_prompts, load_records  # noqa: E402
+from evaluation.evaluate import encode_prompts, load_records  # noqa: E402
 
 
 def load(folder: Path):

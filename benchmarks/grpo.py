@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from modeling_multiverse.paths import write_text_atomic
+from runtime.paths import write_text_atomic
 
 
 def log(message: str) -> None:
@@ -71,7 +71,7 @@ def evaluate_model(model_dir: Path, held_out: Path, report: Path, args) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from multiverse.evaluate import evaluate, load_records
+    from evaluation.evaluate import evaluate, load_records
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

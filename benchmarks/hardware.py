@@ -1,7 +1,7 @@
 """The machine a timing was measured on: device, threads, native bf16, fp32 and bf16 matmul GFLOPS.
 
 Every timing the README quotes names this line. bf16 saves time only where it is native (see
-`modeling_multiverse/precision.py`); on an AVX2-only CPU the bf16 number shows why it is off there.
+`runtime/precision.py`); on an AVX2-only CPU the bf16 number shows why it is off there.
 
     python benchmarks/hardware.py                 # the default device (cuda if present, else cpu)
     python benchmarks/hardware.py --device cpu --size 2048 --json
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from modeling_multiverse.precision import choose_precision, hardware_line, hardware_report
+from runtime.precision import choose_precision, hardware_line, hardware_report
 
 
 def main() -> None:

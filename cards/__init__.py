@@ -52,7 +52,7 @@ def eval_results_from_report(
     dataset_name: str | None = None,
     dataset_split: str = "test",
 ) -> list[EvalResult]:
-    """`EvalResult`s (one per metric) from a `multiverse.evaluate.evaluate` report.
+    """`EvalResult`s (one per metric) from a `evaluation.evaluate.evaluate` report.
 
     The dataset is named after the report's `kind` unless `dataset_type` / `dataset_name` say otherwise.
     """

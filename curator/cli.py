@@ -62,7 +62,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.backend == "local" and not args.model:
         raise ValueError("--backend local needs --model (a model id or folder)")
     if args.backend == "local":
-        from modeling_multiverse.paths import model_config
+        from runtime.paths import model_config
 
         model_config(args.model, "--model")
     if args.push_to_hub and not args.export_dir:

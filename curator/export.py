@@ -18,7 +18,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from modeling_multiverse.paths import same_path, write_text_atomic
+from runtime.paths import same_path, write_text_atomic
 from modeling_multiverse.structure import parallel_user_turn, remove_tags
 
 from .pipeline import read_curated, read_problems, summarize

@@ -26,8 +26,8 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from modeling_multiverse.jsonl import JsonlError, iter_jsonl
-from modeling_multiverse.paths import same_path
+from runtime.jsonl import JsonlError, iter_jsonl
+from runtime.paths import same_path
 from modeling_multiverse.structure import TAGS, split_tags
 
 from .backends import BackendError, BackendUnavailable

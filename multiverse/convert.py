@@ -35,7 +35,7 @@ def _resolve_base(base: str) -> tuple[str, dict, str]:
         return str(path.parent), {"gguf_file": path.name}, path.stem
     if not path.exists():
         raise FileNotFoundError(f"--base {base}: no such folder (expected `{EMBEDDED_NAME}`, a .gguf file, or a model folder)")
-    from modeling_multiverse.paths import model_config
+    from runtime.paths import model_config
 
     model_config(path, "--base")  # a model folder with a config and a tokenizer
     return str(path), {}, path.name
@@ -53,7 +53,7 @@ def _check_family(model_type: str, base: str) -> None:
 
 def _check_out(out: Path, base: str, overwrite: bool) -> None:
     """Refuse an --out that would destroy what we did not write: the base itself, a file, a folder that is no model."""
-    from modeling_multiverse.paths import same_path
+    from runtime.paths import same_path
 
     if same_path(out, base) or (base.endswith(".gguf") and same_path(out, Path(base).parent)):
         raise ValueError(f"--out {out} is the base model's own folder; write the Multiverse model to another folder")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from modeling_multiverse.paths import write_text_atomic
+from runtime.paths import write_text_atomic
 
 
 @dataclass
@@ -112,7 +112,7 @@ def run_demo(out: str | Path, settings: DemoSettings) -> dict:
     from curator.pipeline import curate_file
     from curator.synth import synthesize, write_jsonl
 
-    from modeling_multiverse.precision import choose_precision
+    from runtime.precision import choose_precision
 
     from .convert import convert
 
@@ -165,7 +165,7 @@ def run_demo(out: str | Path, settings: DemoSettings) -> dict:
 
 
 def _measure_hardware(path: Path) -> None:
-    from modeling_multiverse.precision import hardware_line, hardware_report
+    from runtime.precision import hardware_line, hardware_report
 
     report = hardware_report("cpu")
     print(f"[demo] {hardware_line(report)}", flush=True)
@@ -280,7 +280,7 @@ def _summarize(out: Path, settings: DemoSettings, log: StageLog, reports: dict[s
 
 
 def _report(out: Path, summary: dict, reports: dict[str, Path], models: dict[str, Path]) -> None:
-    from modeling_multiverse.precision import hardware_line
+    from runtime.precision import hardware_line
 
     summary["stage_seconds"]["report"] = 0.0
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")

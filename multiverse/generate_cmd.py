@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.prompt.strip():
         raise ValueError("--prompt is empty")
 
-    from modeling_multiverse.paths import context_length, multiverse_config
+    from runtime.paths import context_length, multiverse_config
 
     config = multiverse_config(args.model, "--model")  # before loading: a plain model would load as random weights
     context = context_length(config)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from modeling_multiverse import MultiverseForCausalLM
-    from modeling_multiverse.precision import choose_precision
+    from runtime.precision import choose_precision
 
     precision = choose_precision(args.precision, "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)

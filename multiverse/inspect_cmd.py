@@ -19,7 +19,7 @@ from pathlib import Path
 
 def read_responses(path: str | Path, field: str) -> Iterator[tuple[str, str]]:
     """(id, text) per record; `JsonlError` naming the file and line for bad JSON or a missing field."""
-    from modeling_multiverse.jsonl import JsonlError, iter_jsonl
+    from runtime.jsonl import JsonlError, iter_jsonl
 
     for number, record in iter_jsonl(path):
         if not isinstance(record.get(field), str):
@@ -83,7 +83,7 @@ def _load_tokenizer(folder: str | None):
         return tokenizer, add_tag_tokens(tokenizer)
     from transformers import AutoTokenizer
 
-    from modeling_multiverse.paths import TOKENIZER_FILES, is_local
+    from runtime.paths import TOKENIZER_FILES, is_local
 
     if is_local(folder, "--tokenizer") and not any((Path(folder) / f).is_file() for f in TOKENIZER_FILES):
         raise FileNotFoundError(f"--tokenizer {folder}: the folder has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])})")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per record, then a summary line")
     args = parser.parse_args(argv)
 
-    from modeling_multiverse.jsonl import check_file
+    from runtime.jsonl import check_file
 
     check_file(args.file)  # before the tokenizer loads: a typo is reported at once
     tokenizer, tag_ids = _load_tokenizer(args.tokenizer)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from modeling_multiverse import PARALLEL_INSTRUCTION
 from modeling_multiverse.generation import MultiverseGenerateOutput
-from multiverse.evaluate import (
+from evaluation.evaluate import (
     detect_kind,
     evaluate,
     format_summary,

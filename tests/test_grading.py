@@ -13,7 +13,7 @@ from evaluation.grading import (
     math_equal,
     normalize_math,
 )
-from modeling_multiverse.jsonl import iter_jsonl
+from runtime.jsonl import iter_jsonl
 
 
 def read_jsonl(path):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from trl import TrlParser
 
-from modeling_multiverse import precision
-from modeling_multiverse.precision import choose_precision, hardware_line, hardware_report, matmul_gflops, preferred_dtype
+from runtime import precision
+from runtime.precision import choose_precision, hardware_line, hardware_report, matmul_gflops, preferred_dtype
 from trl_recipes.config import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
 
 
@@ -45,7 +45,7 @@ def test_a_fast_cpu_restricted_to_avx2_decodes_in_fp32():
 
     held = {name: os.environ.get(name) for name in precision.AVX2_ONLY}
     assert held == precision.AVX2_ONLY, f"tests/conftest.py holds the suite's CPU with {held}, not precision.AVX2_ONLY"
-    probe = "import json, torch; from modeling_multiverse.precision import choose_precision; print(json.dumps(choose_precision('auto', 'cpu').as_dict()))"
+    probe = "import json, torch; from runtime.precision import choose_precision; print(json.dumps(choose_precision('auto', 'cpu').as_dict()))"
     env = {**os.environ, **precision.AVX2_ONLY}
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     choice = json.loads(result.stdout.strip().splitlines()[-1])
@@ -89,7 +89,7 @@ def test_the_probe_measures_both_dtypes_and_names_the_hardware():
 
 
 def test_eval_and_generate_refuse_an_unknown_precision(capsys):
-    from multiverse.evaluate import parse_args
+    from evaluation.evaluate import parse_args
     from multiverse.generate_cmd import main as generate_main
 
     assert parse_args(["--model", "m", "--data", "d.jsonl"]).precision == "auto"

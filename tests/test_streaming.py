@@ -230,38 +230,43 @@ def test_branch_events_report_paths_labels_and_counters_for_a_batch(tiny):
 
 
 def test_serving_streamer_gets_the_text_and_can_cancel(tiny):
-    from transformers.cli.serving.utils import DirectStreamer
+    """The put/end contract with cancellation, through the streamer `multiverse serve` hands to generate()."""
+    from multiverse.serve import Cancelled, QueueStreamer
 
     model, tokenizer = tiny
     skeleton, _ = SKELETONS["nested"]
     enc = prompt(tokenizer)
     config = GenerationConfig(max_new_tokens=400, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    skip = set(tokenizer.all_special_ids)
     loop = asyncio.new_event_loop()
     try:
         queue: asyncio.Queue = asyncio.Queue()
-        streamer = DirectStreamer(tokenizer._tokenizer, loop, queue)
-        # how `transformers serve` calls generate()
+        streamer = QueueStreamer(tokenizer, loop, queue, skip)
         out = model.generate(**enc, streamer=streamer, generation_config=config, tokenizer=tokenizer,
                              logits_processor=forced(tokenizer, skeleton))
-        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(0))  # the deltas were scheduled from the generating thread's side
         items = []
         while not queue.empty():
             items.append(queue.get_nowait())
-        assert items[-1] is None and all(isinstance(i, str) for i in items[:-1])
+        assert len(items) > 3 and all(isinstance(i, str) for i in items), "the text arrives in several deltas"
         response = out[0, enc["input_ids"].shape[1] :]
-        assert "".join(items[:-1]) == tokenizer.decode(response, skip_special_tokens=True)
-        assert streamer.total_tokens == len(response)
+        assert "".join(items) == tokenizer.decode(response, skip_special_tokens=True)
+        assert streamer.ids == [t for t in response.tolist() if t not in skip]
 
-        cancelled = DirectStreamer(tokenizer._tokenizer, loop, asyncio.Queue())
+        cancelled = QueueStreamer(tokenizer, loop, asyncio.Queue(), skip)
+        seen_after_cancel = []
 
         def cancel_inside_path_2(event):
             if event.path == ("2",):
-                cancelled.cancel()
+                if cancelled.cancelled.is_set():
+                    seen_after_cancel.append(event)
+                cancelled.cancelled.set()
 
-        with pytest.raises(Exception) as error:
+        with pytest.raises(Cancelled):
             model.generate(**enc, streamer=cancelled, generation_config=config, tokenizer=tokenizer,
                            logits_processor=forced(tokenizer, skeleton), branch_callback=cancel_inside_path_2)
-        assert type(error.value).__name__ == "_GenerationCancelled"
+        assert len(seen_after_cancel) <= 1, "generation stops at the first streamed token after the cancel"
+        assert len(cancelled.ids) < len(streamer.ids)
     finally:
         loop.close()
 

@@ -11,7 +11,7 @@ from tiny import example_response, tiny_tokenizer
 
 from curator.export import conversation
 from modeling_multiverse import PARALLEL_INSTRUCTION, add_tag_tokens, parallel_user_turn
-from multiverse.evaluate import ANSWER_HINTS, user_message
+from evaluation.evaluate import ANSWER_HINTS, user_message
 from multiverse.generate_cmd import prompt_ids
 from trl_recipes import prepare_dataset
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import ModelConfig, SFTConfig
 
-from modeling_multiverse.precision import PRECISIONS, choose_precision
+from runtime.precision import PRECISIONS, choose_precision
 
 from .data import RECIPES
 

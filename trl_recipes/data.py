@@ -22,7 +22,7 @@ from datasets import Dataset, DatasetDict
 from datasets.exceptions import DatasetGenerationError
 
 from modeling_multiverse import StructureError, parse_text, remove_tags
-from modeling_multiverse.jsonl import iter_jsonl
+from runtime.jsonl import iter_jsonl
 
 RECIPES = ("multiverse", "autoregressive")
 Message = dict[str, str]

@@ -80,7 +80,7 @@ def _hub_base(name: str) -> str:
 
 def _check_paths(model, dataset, output_dir, recipe: str) -> None:
     """Refuse before loading anything: a missing or unconverted model, bad data, an output that would overwrite an input."""
-    from modeling_multiverse.paths import model_config, multiverse_config, same_path
+    from runtime.paths import model_config, multiverse_config, same_path
 
     if isinstance(model, str):
         (multiverse_config if recipe == "multiverse" else model_config)(model, "--model")

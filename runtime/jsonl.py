@@ -67,8 +67,3 @@ def iter_jsonl(path: str | os.PathLike, *, torn_tail: bool = False) -> Iterator[
                 yield number, record
                 return
             yield number, _parse(path, number, raw)
-
-
-def read_jsonl(path: str | os.PathLike, *, torn_tail: bool = False) -> list[tuple[int, dict]]:
-    """All of `iter_jsonl` as a list."""
-    return list(iter_jsonl(path, torn_tail=torn_tail))

@@ -38,8 +38,8 @@ from modeling_multiverse import (
     parse_text,
     tag_ids_from_tokenizer,
 )
-from modeling_multiverse.jsonl import iter_jsonl
-from modeling_multiverse.precision import PRECISIONS, choose_precision
+from runtime.jsonl import iter_jsonl
+from runtime.precision import PRECISIONS, choose_precision
 
 ANSWER_HINTS: dict[str, str] = {
     "math": "Put your final answer within \\boxed{}.",
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # (importing modeling_multiverse registered ours)
 
-    from modeling_multiverse.paths import context_length, multiverse_config, same_path, write_text_atomic
+    from runtime.paths import context_length, multiverse_config, same_path, write_text_atomic
 
     records, kind = load_records(args.data, args.kind, args.limit)
     config = multiverse_config(args.model, "--model")  # before loading: a plain model would load as random weights

@@ -92,12 +92,6 @@ def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return a.resolve() == b.resolve()
 
 
-def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
-    """Whether `path` is `folder` or lies under it."""
-    path, folder = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
-    return path == folder or folder in path.parents
-
-
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to a temporary sibling and rename it into place: readers never see a half-written file."""
     import tempfile
