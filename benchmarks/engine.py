@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from engine_skeleton import SkeletonProcessor, block, replay_template, skeleton_template  # noqa: E402
 
-from modeling_multiverse import MultiverseForCausalLM, parallel_user_turn, structure_of_ids, tag_ids_from_tokenizer  # noqa: E402
+from modeling_multiverse import MultiverseForCausalLM, prompt_ids, structure_of_ids, tag_ids_from_tokenizer  # noqa: E402
 
 DEFAULT_GRID = [(2, 64), (4, 64), (8, 32)]
 FULL_GRID = [(n, m) for n in (2, 4, 8) for m in (32, 64, 128, 256)]
@@ -140,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
     question = "What is the smallest positive integer n such that 3n is a perfect square and 2n is a perfect cube?"
-    chat = [{"role": "user", "content": parallel_user_turn(question)}]
-    prompt_ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    question_ids = torch.tensor([prompt_ids(tokenizer, question)])
 
     workloads = {}
     grid = FULL_GRID if args.full else DEFAULT_GRID
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     for name, template in workloads.items():
-        results[name] = measure(model, tokenizer, prompt_ids, template, args.repeats)
+        results[name] = measure(model, tokenizer, question_ids, template, args.repeats)
         r = results[name]
         print(
             f"{name:>28}  tokens {r['tokens']:4d}  ideal {r['structural_ideal']:.2f}x | "

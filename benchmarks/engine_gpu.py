@@ -40,7 +40,7 @@ from modeling_multiverse import (  # noqa: E402
     MultiverseForCausalLM,
     add_multiverse_tokens,
     add_tag_tokens,
-    parallel_user_turn,
+    prompt_ids,
     structure_of_ids,
     tag_ids_from_tokenizer,
 )
@@ -158,9 +158,8 @@ def timed_run(model, fn) -> dict:
 
 
 def prompts(tokenizer, batch: int):
-    texts = [parallel_user_turn(f"Question {i}: how many divisors does {36 + 7 * i} have?") + "\n" for i in range(batch)]
-    tokenizer.padding_side = "left"
-    return tokenizer(texts, return_tensors="pt", padding=True)
+    ids = [prompt_ids(tokenizer, f"Question {i}: how many divisors does {36 + 7 * i} have?") for i in range(batch)]
+    return tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
 
 
 def measure(model, tokenizer, template, batch: int) -> dict:

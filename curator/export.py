@@ -19,7 +19,8 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 
 from runtime.paths import same_path, write_text_atomic
-from modeling_multiverse.structure import parallel_user_turn, remove_tags
+from modeling_multiverse.prompts import parallel_user_turn
+from modeling_multiverse.structure import remove_tags
 
 from .pipeline import read_curated, read_problems, summarize
 

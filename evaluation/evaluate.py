@@ -6,7 +6,8 @@ Data kinds are detected from the fields of the first record (or forced with `--k
 - `aime`: `problem` or `question` + an integer answer (AIME 2024/2025 files);
 - `math`: `problem` + `answer` (MATH500).
 
-Prompts go through the tokenizer's chat template; for Multiverse models (the tokenizer has the tags)
+Prompts come from the one prompt builder (`modeling_multiverse.prompt_ids`): the question and its kind's
+answer-format hint, through the tokenizer's chat template; for Multiverse models (the tokenizer has the tags)
 the user turn ends with PARALLEL_INSTRUCTION. Generation is greedy and batched with left padding.
 
 Example:
@@ -30,25 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.grading import KINDS, extract_answer, grade, integer_reference
-from modeling_multiverse import (
-    MissingTagsError,
-    StructureError,
-    encode_chat,
-    parallel_user_turn,
-    parse_text,
-    tag_ids_from_tokenizer,
-)
+from modeling_multiverse import MissingTagsError, StructureError, parse_text, prompt_ids, tag_ids_from_tokenizer
 from runtime.jsonl import iter_jsonl
 from runtime.precision import PRECISIONS, choose_precision
-
-ANSWER_HINTS: dict[str, str] = {
-    "math": "Put your final answer within \\boxed{}.",
-    "aime": "Put your final answer, an integer from 0 to 999, within \\boxed{}.",
-    "builtin": "",  # the built-in questions carry their own instructions
-    "choice": "Put the letter of your final answer within \\boxed{}.",
-}
-"""What each kind asks for after the question, so that the answer can be found."""
-
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -130,14 +115,6 @@ def load_records(path: str | Path, kind: str | None = None, limit: int | None = 
     return records, kind
 
 
-def user_message(record: Mapping[str, Any], parallel_prompt: bool) -> str:
-    """The user turn: question, answer-format hint, and PARALLEL_INSTRUCTION last when asked for (SPEC 2)."""
-    question, hint = record["question"], ANSWER_HINTS[record["kind"]]
-    if parallel_prompt:
-        return parallel_user_turn(question, hint)
-    return " ".join(part for part in (question.strip(), hint) if part)
-
-
 def is_multiverse_tokenizer(tokenizer) -> bool:
     """Whether the tokenizer has the twelve tags: the model writes the Multiverse format."""
     try:
@@ -149,18 +126,6 @@ def is_multiverse_tokenizer(tokenizer) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 # Generation
-
-
-def _prompt_ids(tokenizer, records: Sequence[Mapping[str, Any]], parallel_prompt: bool) -> list[list[int]]:
-    """Prompt ids per record; the question is text, never structure (`encode_chat`)."""
-    ids = []
-    for record in records:
-        message = user_message(record, parallel_prompt)
-        if tokenizer.chat_template:
-            ids.append(encode_chat(tokenizer, [{"role": "user", "content": message}], add_generation_prompt=True))
-        else:  # a base model without a chat template reads the bare question
-            ids.append(tokenizer(message + "\n", add_special_tokens=False, split_special_tokens=True)["input_ids"])
-    return ids
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -201,7 +166,7 @@ def encode_prompts(tokenizer, records: Sequence[Mapping[str, Any]], parallel_pro
     Left padding, asked for in the call so that the tokenizer's own `padding_side` stays as it is:
     generation continues every row from its last real token.
     """
-    ids = _prompt_ids(tokenizer, records, parallel_prompt)
+    ids = [prompt_ids(tokenizer, r["question"], r["kind"], parallel=parallel_prompt) for r in records]
     return tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt").to(device)
 
 

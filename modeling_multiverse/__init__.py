@@ -5,9 +5,9 @@ from transformers import AutoModelForCausalLM
 from .attention import batch_intervals, block_mask, dense_mask, mask_for, pack, stack, structure_of_ids
 from .configuration_multiverse import SUPPORTED_BASES, MultiverseConfig
 from .modeling_multiverse import MultiverseForCausalLM
+from .prompts import ANSWER_HINTS, PARALLEL_INSTRUCTION, encode_chat, parallel_user_turn, prompt_ids, user_turn
 from .structure import (
     CONCLUSION_SEED,
-    PARALLEL_INSTRUCTION,
     TAGS,
     MissingTagsError,
     Structure,
@@ -19,17 +19,17 @@ from .structure import (
     parse_ids,
     path_seed,
     parse_kinds,
-    parallel_user_turn,
     parse_text,
     remove_tags,
     split_tags,
     tag_ids_from_tokenizer,
 )
-from .tokens import add_multiverse_tokens, add_tag_tokens, encode_chat
+from .tokens import add_multiverse_tokens, add_tag_tokens
 
 AutoModelForCausalLM.register(MultiverseConfig, MultiverseForCausalLM, exist_ok=True)
 
 __all__ = [
+    "ANSWER_HINTS",
     "CONCLUSION_SEED",
     "PARALLEL_INSTRUCTION",
     "SUPPORTED_BASES",
@@ -53,6 +53,7 @@ __all__ = [
     "format_response",
     "parse_ids",
     "path_seed",
+    "prompt_ids",
     "parse_kinds",
     "parallel_user_turn",
     "parse_text",
@@ -61,4 +62,5 @@ __all__ = [
     "stack",
     "structure_of_ids",
     "tag_ids_from_tokenizer",
+    "user_turn",
 ]

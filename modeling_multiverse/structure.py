@@ -55,20 +55,6 @@ TAGS: tuple[str, ...] = (
 TEXT = -1
 """Kind of an item that is not a tag."""
 
-PARALLEL_INSTRUCTION = "Think step by step and in parallel before answering."
-"""The sentence that ends a user turn asking for parallel thinking (SPEC 2)."""
-
-
-def parallel_user_turn(question: str, hint: str = "") -> str:
-    """The user turn that asks for parallel thinking (SPEC 2): the question, an optional answer-format hint,
-    then PARALLEL_INSTRUCTION, joined by spaces. Training data and every prompt at inference are built here,
-    so a model is prompted exactly as it was trained.
-
-    >>> parallel_user_turn(" What is 2 + 3? ", "Answer with a number.")
-    'What is 2 + 3? Answer with a number. Think step by step and in parallel before answering.'
-    """
-    return " ".join(part for part in (question.strip(), hint.strip(), PARALLEL_INSTRUCTION) if part)
-
 LABEL_PATTERN = re.compile(r"\d+(?:\.\d+)*")
 _TAG_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in TAGS) + ")")
 _TAG_INDEX = {t: i for i, t in enumerate(TAGS)}

@@ -103,7 +103,7 @@ def build_demo(model, tokenizer, logits_processor=None, max_new_tokens: int = 51
     import gradio as gr
     import torch
 
-    from modeling_multiverse import encode_chat, parallel_user_turn
+    from modeling_multiverse import prompt_ids
 
     def answer(question: str, history: list):
         question = (question or "").strip()
@@ -111,7 +111,7 @@ def build_demo(model, tokenizer, logits_processor=None, max_new_tokens: int = 51
             yield history, "", "<div class='mv-counter'>type a question</div>"
             return
         history = [*history, {"role": "user", "content": question}]
-        ids = encode_chat(tokenizer, [{"role": "user", "content": parallel_user_turn(question)}])
+        ids = prompt_ids(tokenizer, question)
         inputs = {"input_ids": torch.tensor([ids], device=model.device)}
         events: queue.Queue = queue.Queue()
         transcript = Transcript(tokenizer)

@@ -1,7 +1,8 @@
 """`multiverse generate --model DIR --prompt TEXT`: answer one prompt with fork/merge decoding.
 
-The prompt goes through the model's chat template as a user turn that ends with the "in parallel"
-instruction (SPEC 2). Prints the response and the engine's statistics (SPEC 8), or one JSON object.
+The prompt is built by the one prompt builder (`modeling_multiverse.prompt_ids`): a user turn that ends with
+the "in parallel" instruction (SPEC 2), through the model's chat template. Prints the response and the
+engine's statistics (SPEC 8), or one JSON object.
 
 Example:
     $ multiverse generate --model out/smollm2-multiverse --prompt "What is 12 * 13?" --max-new-tokens 256
@@ -14,17 +15,6 @@ import json
 import math
 import sys
 import time
-
-
-def prompt_ids(tokenizer, prompt: str, parallel: bool = True) -> list[int]:
-    """Ids of the chat-formatted prompt: the question, and the parallel-thinking instruction when `parallel`.
-
-    The question is text: a tag written in it ("what does <Parallel> mean?") is not structure (`encode_chat`).
-    """
-    from modeling_multiverse import encode_chat, parallel_user_turn
-
-    content = parallel_user_turn(prompt) if parallel else prompt.strip()
-    return encode_chat(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from modeling_multiverse import MultiverseForCausalLM
+    from modeling_multiverse import MultiverseForCausalLM, prompt_ids
     from runtime.precision import choose_precision
 
     precision = choose_precision(args.precision, "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    ids = prompt_ids(tokenizer, args.prompt, parallel=not args.no_instruction)
+    ids = prompt_ids(tokenizer, args.prompt, parallel=not args.no_instruction)  # a tag in the prompt is text
     if context is not None and len(ids) + args.max_new_tokens > context:
         raise ValueError(
             f"--max-new-tokens {args.max_new_tokens}: with the prompt's {len(ids)} tokens that exceeds the model's "

@@ -8,7 +8,7 @@ import torch
 from tiny import example_response, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from modeling_multiverse import PARALLEL_INSTRUCTION
+from modeling_multiverse import PARALLEL_INSTRUCTION, user_turn
 from modeling_multiverse.generation import MultiverseGenerateOutput
 from evaluation.evaluate import (
     detect_kind,
@@ -19,7 +19,6 @@ from evaluation.evaluate import (
     load_records,
     main,
     summarize,
-    user_message,
 )
 
 CHOICE_RECORDS = [
@@ -70,9 +69,9 @@ def test_bad_data_is_named(tmp_path):
 
 def test_user_message_ends_with_the_parallel_instruction():
     record = {"question": "What is 1+1?", "kind": "math", "answer": "2"}
-    assert user_message(record, parallel_prompt=True).endswith(PARALLEL_INSTRUCTION)
-    assert PARALLEL_INSTRUCTION not in user_message(record, parallel_prompt=False)
-    assert "\\boxed{}" in user_message(record, parallel_prompt=False)
+    assert user_turn(record["question"], record["kind"], parallel=True).endswith(PARALLEL_INSTRUCTION)
+    assert PARALLEL_INSTRUCTION not in user_turn(record["question"], record["kind"], parallel=False)
+    assert "\\boxed{}" in user_turn(record["question"], record["kind"], parallel=False)
 
 
 def test_generation_stats_reads_engine_stats_or_falls_back():
