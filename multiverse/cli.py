@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("multiverse.convert", "turn a Qwen2/Llama base (or the embedded SmolLM2) into a Multiverse model folder"),
     "inspect": ("multiverse.inspect_cmd", "check the structure of Multiverse responses in a JSONL file"),
     "generate": ("multiverse.generate_cmd", "answer a prompt with fork/merge decoding"),
-    "train": ("trl_recipes.train", "SFT a base model into a Multiverse model (or the autoregressive baseline)"),
+    "train": ("trl_recipes.cli", "SFT a base model into a Multiverse model (or the AR baseline); --recipe grpo: RL"),
     "data": ("curator.synth", "`data synth`: write built-in problems with sequential chains of thought"),
     "curate": ("curator.cli", "turn sequential chains of thought into Multiverse-format data"),
     "eval": ("evaluation.evaluate", "evaluate a model on the built-in task, MATH500, AIME or multiple choice"),

@@ -174,7 +174,8 @@ def _measure_hardware(path: Path) -> None:
 
 def _train(recipe: str, base: Path, datasets_dir: Path, output: Path, settings: DemoSettings) -> None:
     from trl_recipes import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
-    from trl_recipes.train import load_model, train
+    from trl_recipes.loading import load_model
+    from trl_recipes.train import train
 
     model, tokenizer = load_model(MultiverseModelConfig(model_name_or_path=str(base)), recipe)
     if settings.train_layers >= 0:

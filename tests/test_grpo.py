@@ -15,19 +15,14 @@ from datasets import Dataset
 from tiny import tiny_model
 from trl.trainer.utils import pad
 
+import trl_recipes.rollout as rollout_module
 from curator.synth import synthesize, write_jsonl
 from modeling_multiverse import tag_ids_from_tokenizer
-from trl_recipes.grpo import (
-    GRPORecipeArguments,
-    MultiverseGRPOConfig,
-    MultiverseGRPOTrainer,
-    correctness_reward,
-    format_reward,
-    multiverse_rollout,
-    parallel_reward,
-    reward_functions,
-)
-from trl_recipes.train import main
+from modeling_multiverse.generation import ENGINE_DEFAULTS
+from trl_recipes.cli import main
+from trl_recipes.grpo import GRPORecipeArguments, MultiverseGRPOConfig, reward_functions
+from trl_recipes.rewards import correctness_reward, format_reward, parallel_reward
+from trl_recipes.rollout import MultiverseGRPOTrainer, multiverse_rollout, resolve_engine_options
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 CPU = dict(report_to="none", save_strategy="no", use_cpu=True, logging_steps=1)
@@ -62,7 +57,7 @@ def make_trainer(tmp_path, rewards, **config):
     )
     return MultiverseGRPOTrainer(
         model=model, reward_funcs=rewards, args=args, train_dataset=problems(), processing_class=tokenizer,
-        engine_options={"max_branches": 8, "max_depth": 2},
+        engine_options=resolve_engine_options(max_branches=8, max_depth=2),
     )
 
 
@@ -74,6 +69,14 @@ def test_loss_logprobs_equal_the_engines_sampled_logprobs(tmp_path):
     rollout = multiverse_rollout(prompts, trainer)
     nested = [t for t in rollout["multiverse_text"] if t.count("<Parallel>") >= 2]
     assert nested and any("<Parallel>" in t for t in rollout["multiverse_text"])
+    logps, entropies, completion_mask = loss_logprobs(trainer, rollout)
+    assert torch.isfinite(logps[completion_mask.bool()]).all() and torch.isfinite(entropies).all()
+    worst, compared = compare_to_engine(rollout, logps)
+    assert compared > 100 and worst < 1e-4, worst
+
+
+def loss_logprobs(trainer, rollout):
+    """The loss's per-token log-probabilities of the rollout's completions (and entropies, completion mask)."""
     prompt_ids = pad([torch.tensor(p) for p in rollout["prompt_ids"]], padding_value=trainer.processing_class.pad_token_id, padding_side="left")
     prompt_mask = pad([torch.ones(len(p), dtype=torch.long) for p in rollout["prompt_ids"]], padding_value=0, padding_side="left")
     completion_ids = pad([torch.tensor(c) for c in rollout["completion_ids"]], padding_value=trainer.processing_class.pad_token_id)
@@ -83,14 +86,55 @@ def test_loss_logprobs_equal_the_engines_sampled_logprobs(tmp_path):
             trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
             completion_ids.shape[1], compute_entropy=True,
         )
-    assert torch.isfinite(logps[completion_mask.bool()]).all() and torch.isfinite(entropies).all()
+    return logps, entropies, completion_mask
+
+
+def compare_to_engine(rollout, logps) -> tuple[float, int]:
+    """(largest |loss - engine| log-probability over the sampled tokens, how many were compared)."""
     worst, compared = 0.0, 0
     for row, (engine, sampled) in enumerate(zip(rollout["logprobs"], rollout["env_mask"])):
         engine, sampled = torch.tensor(engine), torch.tensor(sampled, dtype=torch.bool)
         assert bool(torch.isnan(engine[~sampled]).all()) and bool(torch.isfinite(engine[sampled]).all())
         worst = max(worst, float((logps[row, : len(engine)][sampled] - engine[sampled]).abs().max()))
         compared += int(sampled.sum())
-    assert compared > 100 and worst < 1e-4, worst
+    return worst, compared
+
+
+def test_rollouts_and_loss_read_one_engine_options_object(tmp_path, monkeypatch):
+    """One options dict per run: the rollouts and the loss's grammar read the same object, so changing an option
+    changes both, and the ratio stays exact under the new limit."""
+    options = resolve_engine_options(max_branches=8, max_depth=2)
+    assert options == {**ENGINE_DEFAULTS, "max_branches": 8, "max_depth": 2}
+    model, tokenizer = tag_happy_model()
+    args = MultiverseGRPOConfig(
+        output_dir=str(tmp_path / "out"), num_generations=2, per_device_train_batch_size=4, max_completion_length=90,
+        temperature=1.0, **CPU,
+    )
+    trainer = MultiverseGRPOTrainer(
+        model=model, reward_funcs=[blocks_reward], args=args, train_dataset=problems(), processing_class=tokenizer,
+        engine_options=options,
+    )
+    assert trainer.engine_options is options
+    engine_calls, grammar_calls = [], []
+    generate = trainer.model.generate
+    monkeypatch.setattr(trainer.model, "generate", lambda **kw: engine_calls.append(kw) or generate(**kw))
+    constraints = rollout_module.tag_constraints
+    monkeypatch.setattr(rollout_module, "tag_constraints", lambda *a: grammar_calls.append(a[3]) or constraints(*a))
+    options["max_branches"] = 1
+    torch.manual_seed(0)
+    rollout = multiverse_rollout([row["prompt"] for row in problems(3)], trainer)
+    logps, _, _ = loss_logprobs(trainer, rollout)
+    assert {k: engine_calls[0][k] for k in options} == options and engine_calls[0]["max_branches"] == 1
+    assert grammar_calls and set(grammar_calls) == {1}
+    goals = [goal for text in rollout["multiverse_text"] for goal in text.split("<Goal>")[1:]]
+    assert goals and all(goal.split("</Goal>")[0].count("<Outline>") <= 1 for goal in goals)
+    worst, compared = compare_to_engine(rollout, logps)
+    assert compared > 50 and worst < 1e-4, worst
+    with pytest.raises(ValueError, match="engine_options lacks"):
+        MultiverseGRPOTrainer(
+            model=model, reward_funcs=[blocks_reward], args=args, train_dataset=problems(),
+            processing_class=tokenizer, engine_options={"max_branches": 8},
+        )
 
 
 def test_rewards_alone():
@@ -185,11 +229,11 @@ def test_grpo_yaml_configs_parse(name):
 
     from trl_recipes.config import MultiverseModelConfig
     from trl_recipes.grpo import GRPORecipeArguments, MultiverseGRPOConfig
-    from trl_recipes.train import _requested_recipe
+    from trl_recipes.cli import requested_recipe
 
     config = Path(__file__).resolve().parents[1] / "trl_recipes" / "configs" / f"{name}.yaml"
     argv = ["--config", str(config), "--model", "m", "--dataset", "d", "--output", "o"]
-    assert _requested_recipe(argv) == "grpo"
+    assert requested_recipe(argv) == "grpo"
     cpu = [] if torch.cuda.is_available() else ["--bf16", "false", "--gradient_checkpointing", "false"]
     parser = TrlParser((GRPORecipeArguments, MultiverseGRPOConfig, MultiverseModelConfig))
     recipe, grpo, model = parser.parse_args_and_config(argv + cpu)

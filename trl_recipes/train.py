@@ -22,21 +22,20 @@ Example:
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 from trl import TrlParser, get_peft_config
 
 from modeling_multiverse import MultiverseForCausalLM, tag_ids_from_tokenizer
 
 from .config import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
-from .data import check_source, load_sft_dataset
+from .data import load_sft_dataset
 from .export import save_hub_ready
+from .loading import check_paths, hub_base, load_model
 from .preparation import PreparationReport, prepare_dataset
 from .trainer import MultiverseSFTTrainer
 
@@ -49,49 +48,6 @@ class TrainOutcome:
     losses: list[float]
     report: PreparationReport
     log_history: list[dict] = field(repr=False, default_factory=list)
-
-
-def load_model(model_args: MultiverseModelConfig, recipe: str):
-    """(model, tokenizer) for a recipe. The Multiverse recipe needs a converted model (tags in its tokenizer);
-    the autoregressive one takes any causal LM."""
-    name, dtype = model_args.model_name_or_path, model_args.dtype
-    kwargs = {"dtype": torch.float32 if dtype is None else dtype if dtype == "auto" else getattr(torch, dtype)}
-    if model_args.attn_implementation is not None:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    config = AutoConfig.from_pretrained(name)
-    if config.model_type == "multiverse":
-        model = MultiverseForCausalLM.from_pretrained(name, **kwargs)
-    elif recipe == "multiverse":
-        raise ValueError(
-            f"--model {name} is a plain {config.model_type!r} model: convert it first with "
-            f"`multiverse convert --base {name} --out DIR` and train DIR"
-        )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    return model, tokenizer
-
-
-def _hub_base(name: str) -> str:
-    """The Hub id a converted folder came from (`multiverse convert` records it), else `name` itself."""
-    record = Path(name) / "multiverse_conversion.json"
-    return json.loads(record.read_text()).get("base_model", name) if record.is_file() else name
-
-
-def _check_paths(model, dataset, output_dir, recipe: str) -> None:
-    """Refuse before loading anything: a missing or unconverted model, bad data, an output that would overwrite an input."""
-    from runtime.paths import model_config, multiverse_config, same_path
-
-    if isinstance(model, str):
-        (multiverse_config if recipe == "multiverse" else model_config)(model, "--model")
-        if same_path(model, output_dir):
-            raise ValueError(f"--output {output_dir} would overwrite the model it trains (--model {model}); pick another folder")
-    if isinstance(dataset, (str, Path)):
-        check_source(str(dataset))
-    if isinstance(dataset, (str, Path)) and same_path(dataset, output_dir):
-        raise ValueError(f"--output {output_dir} would overwrite the training data (--dataset {dataset}); pick another folder")
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise NotADirectoryError(f"--output {output_dir}: is a file, expected a folder")
 
 
 def train(
@@ -114,14 +70,14 @@ def train(
     if (dataset is None) == (recipe_args.dataset_name is None):
         raise ValueError("give the data either as recipe_args.dataset_name or loaded as dataset=, not both")
     recipe = recipe_args.recipe
-    _check_paths(
+    check_paths(
         model_args.model_name_or_path if model is None else model,
         recipe_args.dataset_name if dataset is None else dataset,
         config.output_dir,
         recipe,
     )
     if model is None:
-        base_name = _hub_base(model_args.model_name_or_path)
+        base_name = hub_base(model_args.model_name_or_path)
         model, tokenizer = load_model(model_args, recipe)
     elif tokenizer is None:
         raise ValueError("train(model=<loaded model>) needs tokenizer=")
@@ -173,30 +129,11 @@ def make_parser() -> TrlParser:
     return TrlParser((RecipeArguments, MultiverseSFTConfig, MultiverseModelConfig), prog="multiverse train")
 
 
-def _requested_recipe(argv: list[str]) -> str | None:
-    """`--recipe` from the command line, else from the `--config` YAML (the GRPO recipe has its own parser)."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--recipe="):
-            return arg.split("=", 1)[1]
-        if arg == "--recipe" and i + 1 < len(argv):
-            return argv[i + 1]
-    for i, arg in enumerate(argv):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
-        if path and Path(path).is_file():
-            import yaml
-
-            return (yaml.safe_load(Path(path).read_text()) or {}).get("recipe")
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if _requested_recipe(argv) == "grpo":
-        from .grpo import main as grpo_main
-
-        return grpo_main(argv)
     parser = make_parser()
-    recipe_args, config, model_args = parser.parse_args_and_config(argv)
+    recipe_args, config, model_args = parser.parse_args_and_config(sys.argv[1:] if argv is None else argv)
+    if recipe_args.recipe == "grpo":  # reached as `python -m trl_recipes.train`; the dispatcher sends it to grpo.py
+        parser.error("--recipe grpo has its own flags: run `multiverse train --recipe grpo` or `-m trl_recipes.cli`")
     missing = [flag for flag, value in (("--model", model_args.model_name_or_path), ("--dataset", recipe_args.dataset_name), ("--output", config.output_dir)) if not value]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
