@@ -18,9 +18,9 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from runtime.paths import same_path, write_text_atomic
 from modeling_multiverse.prompts import parallel_user_turn
 from modeling_multiverse.structure import remove_tags
+from runtime.paths import same_path, write_text_atomic
 
 from .pipeline import read_curated, read_problems, summarize
 

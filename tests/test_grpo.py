@@ -221,15 +221,24 @@ def test_cli_refuses_bad_data(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_sft_script_sends_grpo_to_the_dispatcher(capsys):
+    """`python -m trl_recipes.train` is the SFT recipe alone: asked for grpo it says where GRPO runs."""
+    from trl_recipes.train import main as sft_main
+
+    with pytest.raises(SystemExit) as exited:
+        sft_main(["--recipe", "grpo", "--model", "m", "--dataset", "d", "--output", "o"])
+    assert exited.value.code == 2 and "multiverse train --recipe grpo" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["grpo-smollm2-cpu", "grpo-qwen2.5-7b-lora"])
 def test_grpo_yaml_configs_parse(name):
     from pathlib import Path
 
     from trl import TrlParser
 
+    from trl_recipes.cli import requested_recipe
     from trl_recipes.config import MultiverseModelConfig
     from trl_recipes.grpo import GRPORecipeArguments, MultiverseGRPOConfig
-    from trl_recipes.cli import requested_recipe
 
     config = Path(__file__).resolve().parents[1] / "trl_recipes" / "configs" / f"{name}.yaml"
     argv = ["--config", str(config), "--model", "m", "--dataset", "d", "--output", "o"]

@@ -134,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     recipe_args, config, model_args = parser.parse_args_and_config(sys.argv[1:] if argv is None else argv)
     if recipe_args.recipe == "grpo":  # reached as `python -m trl_recipes.train`; the dispatcher sends it to grpo.py
         parser.error("--recipe grpo has its own flags: run `multiverse train --recipe grpo` or `-m trl_recipes.cli`")
-    missing = [flag for flag, value in (("--model", model_args.model_name_or_path), ("--dataset", recipe_args.dataset_name), ("--output", config.output_dir)) if not value]
+    given = (
+        ("--model", model_args.model_name_or_path),
+        ("--dataset", recipe_args.dataset_name),
+        ("--output", config.output_dir),
+    )
+    missing = [flag for flag, value in given if not value]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
     if not 0.0 <= recipe_args.ar_fraction <= 1.0:
