@@ -3,6 +3,7 @@
 A prompt is the user turn (the question, the answer-format hint of its kind, and PARALLEL_INSTRUCTION last,
 SPEC 2), rendered with the tokenizer's chat template (bare text for a tokenizer without one), where what a
 person wrote is text, never structure: a `<Path>` typed in a question is the ids of its characters.
+`multiverse serve` encodes a client's messages as they are with `encode_chat` (the client writes the turn).
 
 Example:
     >>> user_turn("What is 2 + 3?", "math")
