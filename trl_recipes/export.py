@@ -44,7 +44,8 @@ def save_hub_ready(trainer, output_dir: str | Path, *, recipe: str, base_model: 
     if trainer.accelerator.is_main_process:
         repo_id = trainer.args.hub_model_id or f"local/{output_dir.name}"
         spec = SPEC_FILE if (output_dir / SPEC_FILE).is_file() else None  # a plain causal LM's save has no spec
-        card = render_model_card(repo_id=repo_id, base_model=base_model, training={"recipe": recipe, **training}, spec=spec)
+        training = {"recipe": recipe, **training}
+        card = render_model_card(repo_id=repo_id, base_model=base_model, training=training, spec=spec)
         card.save(output_dir / "README.md")
     trainer.accelerator.wait_for_everyone()
     return output_dir
