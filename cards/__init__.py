@@ -22,6 +22,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from modeling_multiverse import PARALLEL_INSTRUCTION
+from modeling_multiverse.modeling_multiverse import SPEC_FILE
 
 TEMPLATES = Path(__file__).resolve().parent
 MODEL_TEMPLATE = TEMPLATES / "model_card.md"
@@ -102,11 +103,14 @@ def render_model_card(
     summary: str = "A Multiverse reasoning model: it forks its reasoning into parallel paths and merges them.",
     training: Mapping[str, Any] | None = None,
     limitations: str | None = None,
+    spec: str | None = SPEC_FILE,
 ) -> ModelCard:
     """A `ModelCard` for a Multiverse model folder (save it as the folder's README.md).
 
     `eval_results` become the card's model-index; `reports` (the `evaluate` dicts they came from)
     add problem counts and mean tokens to the evaluation table. `training` is a {setting: value} table.
+    `spec` is the specification's path in the folder (`save_pretrained` of a Multiverse model writes it),
+    linked from the card; None for a folder without it (the autoregressive baseline).
     """
     if not repo_id or "/" not in repo_id:
         raise ValueError(f"repo_id must look like 'owner/name', got {repo_id!r}")
@@ -132,6 +136,7 @@ def render_model_card(
         training=dict(training) if training else None,
         limitations=limitations,
         parallel_instruction=PARALLEL_INSTRUCTION,
+        spec=spec,
     )
 
 

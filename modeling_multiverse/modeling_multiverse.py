@@ -15,6 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
@@ -164,10 +167,29 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
         )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save as usual, plus the engine as `custom_generate/` (transformers does not copy that folder)."""
+        """Save as usual, plus the engine as `custom_generate/` and the spec as `SPEC.md` (transformers copies
+        neither)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
         write_custom_generate(save_directory)
+        write_spec(save_directory, getattr(self.config, "_name_or_path", None))
         return result
+
+
+SPEC_FILE = "SPEC.md"
+"""The specification that the code's "SPEC n" comments cite (section n); it ships beside the remote code."""
+
+
+def write_spec(save_directory: str | Path, loaded_from: str | Path | None = None) -> Path | None:
+    """Copy `SPEC.md` into a saved model folder: from this package, else from the folder the model was loaded
+    from (remote code runs from a cache that holds only the `.py` files). None where neither has it."""
+    target = Path(save_directory) / SPEC_FILE
+    for folder in (Path(__file__).resolve().parent, loaded_from):
+        source = Path(folder) / SPEC_FILE if folder else None
+        if source is not None and source.is_file():
+            if not (target.exists() and target.samefile(source)):
+                shutil.copyfile(source, target)
+            return target
+    return None
 
 
 MultiverseConfig.register_for_auto_class()

@@ -2,8 +2,9 @@
 
 BASE is `smollm2` (the embedded default), a local Hugging Face model folder, or a `.gguf` file. DIR is
 Hub-ready: safetensors weights, the tokenizer with the tags and its chat template, a config with
-`auto_map`, the modeling code and `custom_generate/`. The folder is written to a temporary sibling
-and renamed into place, so a failed conversion leaves nothing half-written.
+`auto_map`, the modeling code, `custom_generate/`, the specification `SPEC.md` and a card that links it.
+The folder is written to a temporary sibling and renamed into place, so a failed conversion leaves
+nothing half-written.
 
 Example:
     $ multiverse convert --base smollm2 --out out/smollm2-multiverse

@@ -29,7 +29,7 @@ from runtime.paths import write_text_atomic
 class DemoSettings:
     """Sizes of a run. `quick()` is the CI-sized run; the defaults are the full one.
 
-    The sizes fit what a 2-core AVX2 CPU without native bf16 computes in about 45 minutes in fp32:
+    The sizes fit a 2-core AVX2 CPU without native bf16, in fp32 (a full run took 28.6 minutes on 2 AVX2-held cores):
     SmolLM2-135M costs 0.27 GFLOP per token forward and 0.81 to train (`benchmarks/demo_costs.py`
     prints the measured costs; the README's Timings section has the arithmetic).
     """
@@ -69,7 +69,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        """Every stage on a few problems: about 3 minutes of two AVX2 cores in fp32 (README)."""
+        """Every stage on a few problems: about two minutes of two AVX2 cores in fp32 (README, Timings)."""
         return cls(
             n_train=48, n_eval=4, max_length=512, max_steps=2, batch_size=1, gradient_accumulation=1,
             train_layers=4, warmup_steps=1, max_new_tokens=96, eval_batch_size=4, latency_problems=1,
@@ -225,7 +225,7 @@ def _evaluate(
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .evaluate import evaluate, load_records
+    from evaluation.evaluate import evaluate, load_records
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

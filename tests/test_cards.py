@@ -70,3 +70,8 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="lacks accuracy"):
         eval_results_from_report({"kind": "math", "well_formed": 1.0, "parallelism": 1.0})
     assert size_category(999) == "n<1K" and size_category(2_000_000) == "n>1M"
+
+
+def test_model_card_links_the_spec_shipped_beside_the_weights():
+    assert "[SPEC.md](SPEC.md)" in render_model_card(repo_id="someone/tiny").text
+    assert "SPEC.md" not in render_model_card(repo_id="someone/baseline", spec=None).text

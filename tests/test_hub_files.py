@@ -92,3 +92,44 @@ def test_relative_imports_resolve_to_files_that_ship(saved_model):
 )
 def test_the_import_check_catches_what_a_hub_user_lacks(source, expected):
     assert foreign_imports(source) == expected
+
+
+# The specification ships with every model: the "SPEC n" comments of the remote code resolve on the Hub
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_SPEC = ROOT / "modeling_multiverse" / "SPEC.md"
+
+
+def test_the_spec_is_one_file_found_from_the_package_and_from_docs():
+    text = PACKAGE_SPEC.read_text()
+    assert "`SPEC n`; that means section n of this page" in text
+    headings = [line.split(".")[0] for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [f"## {n}" for n in range(1, 9)]  # the numbering the code's citations use
+    assert (ROOT / "docs" / "spec.md").resolve() == PACKAGE_SPEC.resolve()
+    import tomllib
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "SPEC.md" in package_data["modeling_multiverse"]  # so an installed wheel has it too
+
+
+def test_save_pretrained_ships_the_spec(saved_model):
+    assert (saved_model / "SPEC.md").read_text() == PACKAGE_SPEC.read_text()
+
+
+def test_a_converted_folder_carries_the_spec_its_card_links_it_and_a_resave_keeps_it(tmp_path):
+    from huggingface_hub import ModelCard
+    from test_convert import save_base
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from multiverse.convert import convert
+
+    save_base(tmp_path / "base", "llama")
+    out = convert(str(tmp_path / "base"), tmp_path / "mv")
+    assert (out / "SPEC.md").read_text() == PACKAGE_SPEC.read_text()
+    assert "[SPEC.md](SPEC.md)" in ModelCard.load(out / "README.md").text
+    # the folder's own remote code (it runs from a cache that holds only the .py files), saved again: the spec
+    # comes from the folder it was loaded from
+    remote = get_class_from_dynamic_module("modeling_multiverse.MultiverseForCausalLM", str(out))
+    assert "transformers_modules" in remote.__module__
+    remote.from_pretrained(out).save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "SPEC.md").read_text() == PACKAGE_SPEC.read_text()

@@ -84,6 +84,8 @@ def test_multiverse_recipe_trains_and_reloads_with_remote_code(tmp_path):
     assert (outcome.output_dir / "README.md").exists()
     assert (outcome.output_dir / "custom_generate" / "generate.py").is_file()
     assert "<Path>" in (outcome.output_dir / "tokenizer.json").read_text()
+    assert (outcome.output_dir / "SPEC.md").is_file()
+    assert "[SPEC.md](SPEC.md)" in (outcome.output_dir / "README.md").read_text()
 
 
 def test_trainer_loss_is_the_multiverse_attention_loss():

@@ -2,8 +2,8 @@
 
 The folder holds the weights (LoRA merged in, the adapter itself under `adapter/`), the remote code
 (`save_pretrained` copies it: the class is registered for the auto classes), the tokenizer with the tags
-and chat template, the engine as `custom_generate/` (a Multiverse model's `save_pretrained` writes it), a model
-card, and `trainer_state.json`.
+and chat template, the engine as `custom_generate/` and the spec as `SPEC.md` (a Multiverse model's
+`save_pretrained` writes both), a model card, and `trainer_state.json`.
 
 Example:
     >>> save_hub_ready(trainer, "out/smollm2-multiverse-sft", recipe="multiverse", base_model="out/smollm2-multiverse")  # doctest: +SKIP
@@ -17,6 +17,7 @@ from typing import Any
 from peft import PeftModel
 
 from cards import render_model_card
+from modeling_multiverse.modeling_multiverse import SPEC_FILE
 
 ADAPTER_DIR = "adapter"
 
@@ -42,7 +43,9 @@ def save_hub_ready(trainer, output_dir: str | Path, *, recipe: str, base_model: 
         trainer.save_model(str(output_dir))
     if trainer.accelerator.is_main_process:
         repo_id = trainer.args.hub_model_id or f"local/{output_dir.name}"
-        card = render_model_card(repo_id=repo_id, base_model=base_model, training={"recipe": recipe, **training})
+        spec = SPEC_FILE if (output_dir / SPEC_FILE).is_file() else None  # a plain causal LM's save has no spec
+        training = {"recipe": recipe, **training}
+        card = render_model_card(repo_id=repo_id, base_model=base_model, training=training, spec=spec)
         card.save(output_dir / "README.md")
     trainer.accelerator.wait_for_everyone()
     return output_dir
