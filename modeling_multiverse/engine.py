@@ -180,7 +180,9 @@ class MultiverseEngine:
         self.max_branches = int(options["max_branches"])
         self.max_branch_tokens = options["max_branch_tokens"]
         if self.max_branches < 1 or self.max_depth < 0:
-            raise ValueError(f"max_branches must be >= 1 and max_depth >= 0, got {self.max_branches} and {self.max_depth}")
+            raise ValueError(
+                f"max_branches must be >= 1 and max_depth >= 0, got {self.max_branches} and {self.max_depth}"
+            )
         tag_ids = getattr(model.config, "tag_token_ids", None) or tag_ids_from_tokenizer(tokenizer)
         self.tag_ids = dict(tag_ids)
         self.tag_of_id = {self.tag_ids[t]: kind for kind, t in enumerate(TAGS)}
@@ -206,7 +208,9 @@ class MultiverseEngine:
         return self.tag_of_id.get(token, TEXT)
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, prompts: list[list[int]], max_new_tokens: int, prompt_ids: torch.Tensor | None = None) -> list[_Sequence]:
+    def run(
+        self, prompts: list[list[int]], max_new_tokens: int, prompt_ids: torch.Tensor | None = None
+    ) -> list[_Sequence]:
         """Decode until every prompt is done. The first step feeds the prompts (the prefill).
 
         `prompt_ids` are the prompts as given to `generate` (padding included), the start of the rows
@@ -283,7 +287,8 @@ class MultiverseEngine:
             **structured,
         )
         self.cache_length = step.start + width
-        rows, columns = step.sample_rows.to(device, non_blocking=True), step.sample_columns.to(device, non_blocking=True)
+        rows = step.sample_rows.to(device, non_blocking=True)
+        columns = step.sample_columns.to(device, non_blocking=True)
         self.logits = outputs.logits[rows, columns].float()
         for i, branch in enumerate(step.samplers):
             branch.logits_row = i
@@ -291,8 +296,10 @@ class MultiverseEngine:
     def _settle_fed(self, step: StepInputs) -> None:
         for seq, branches in zip(self.rows, step.fed):
             for branch in branches:
-                last = branch.pending_positions[-1] if branch.pending_positions else branch.position + len(branch.pending) - 1
-                branch.position = last + 1
+                if branch.pending_positions:
+                    branch.position = branch.pending_positions[-1] + 1
+                else:
+                    branch.position += len(branch.pending)
                 branch.pending_positions = None
             if branches:
                 seq.steps += 1
@@ -492,7 +499,7 @@ class MultiverseEngine:
         for (seq, branch), token, logprob, stopped in zip(todo, tokens, logprobs, stops):
             self._accept(seq, branch, token, stopped, logprob)
 
-    def _round_inputs(self, todo, group: list[int], extra: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _round_inputs(self, todo, group: list[int], extra: list[int] | None = None) -> tuple[torch.Tensor, ...]:
         """(the fixed rows of one round, for each batch row the index into `todo` of its decider, else 0)."""
         shown, take = {}, [0] * len(self.seqs)
         for i in group:
@@ -525,7 +532,9 @@ class MultiverseEngine:
                 stops[i] = bool(done[todo[i][0].row])
         return stops
 
-    def _accept(self, seq: _Sequence, branch: _Branch, token: int, stopped: bool, logprob: list[float] | None = None) -> None:
+    def _accept(
+        self, seq: _Sequence, branch: _Branch, token: int, stopped: bool, logprob: list[float] | None = None
+    ) -> None:
         if token in self.eos_ids:
             self._eos(seq, branch, token, logprob)
             return

@@ -103,7 +103,8 @@ def advance(table: dict, state: enum.Enum, event: enum.Enum):
     try:
         return table[state, event]
     except KeyError:
-        raise RuntimeError(f"internal error: the Multiverse engine got {event.value!r} in state {state.value!r}") from None
+        message = f"internal error: the Multiverse engine got {event.value!r} in state {state.value!r}"
+        raise RuntimeError(message) from None
 
 
 _FORCED = float("nan")  # `token_logprobs` of a token the engine wrote without sampling it
@@ -112,7 +113,9 @@ _FORCED = float("nan")  # `token_logprobs` of a token the engine wrote without s
 class _Branch:
     """One path being written (or the root). `view` is what it sees, in logical order, prompt first."""
 
-    def __init__(self, slot: int, parent: _Branch | None, view: list[int], parser: StructureParser, position: int, depth: int):
+    def __init__(
+        self, slot: int, parent: _Branch | None, view: list[int], parser: StructureParser, position: int, depth: int
+    ):
         self.slot = slot  # its row in the visibility table
         self.parent = parent
         self.view = view
@@ -154,7 +157,9 @@ class _Sequence:
         self.closing_tokens = 0
         self.steps = 0
 
-    def new_branch(self, parent: _Branch | None, view: list[int], parser: StructureParser, position: int, depth: int) -> _Branch:
+    def new_branch(
+        self, parent: _Branch | None, view: list[int], parser: StructureParser, position: int, depth: int
+    ) -> _Branch:
         branch = _Branch(len(self.branches) + 1, parent, view, parser, position, depth)
         if parent is not None:
             self.visibility_ops.append(("copy", branch.slot, parent.slot))

@@ -217,7 +217,10 @@ class _Request:
         config = _generation_config(model, generation_config, kwargs)
         returns = config.num_return_sequences or 1
         if streamer is not None and input_ids.shape[0] * returns != 1:
-            raise ValueError(f"a streamer takes one prompt, got a batch of {input_ids.shape[0] * returns}; use branch_callback for batches")
+            raise ValueError(
+                f"a streamer takes one prompt, got a batch of {input_ids.shape[0] * returns}; "
+                "use branch_callback for batches"
+            )
         max_new_tokens = _new_token_budget(config, input_ids.shape[1])
         _check_prompts(input_ids, attention_mask)
         tokenizer = _tokenizer_for(model, tokenizer)
@@ -251,7 +254,9 @@ def _generation_config(model, generation_config, kwargs: dict):
     _check_sampling(config)
     returns = config.num_return_sequences or 1
     if returns > 1 and not config.do_sample:
-        raise ValueError(f"num_return_sequences={returns} needs do_sample=True: greedy decoding returns one sequence per prompt")
+        raise ValueError(
+            f"num_return_sequences={returns} needs do_sample=True: greedy decoding returns one sequence per prompt"
+        )
     return config
 
 

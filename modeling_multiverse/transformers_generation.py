@@ -15,7 +15,9 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
 
-def prepare_generation_config(model, generation_config: GenerationConfig | None, kwargs: dict) -> tuple[GenerationConfig, dict]:
+def prepare_generation_config(
+    model, generation_config: GenerationConfig | None, kwargs: dict
+) -> tuple[GenerationConfig, dict]:
     """(the generation config `generate` would use, the keyword arguments that are not generation options)."""
     return model._prepare_generation_config(generation_config, **kwargs)
 

@@ -1,10 +1,10 @@
 """Forcing a Multiverse skeleton through any engine with a plain `LogitsProcessor` (tests and benchmarks).
 
 A *template* is the canonical token sequence of a response in which some tokens are `FREE`. The
-processor finds where each row (a branch's own view: prompt, then its tokens in logical order) is in
-the template, forces the template token there, or at a `FREE` slot leaves the model free among
-non-tag, non-eos tokens. Because a branch's view skips its earlier siblings, the lookup jumps to the
-path whose seed the view carries.
+processor finds where each row (a branch's own view: prompt, then its tokens in logical order; the
+engine's padding between the two skipped) is in the template, forces the template token there, or at a
+`FREE` slot leaves the model free among non-tag, non-eos tokens. Because a branch's view skips its
+earlier siblings, the lookup jumps to the path whose seed the view carries.
 
     >>> template = skeleton_template(tok, [3, block(["1", "2"], [[4], [6]])])  # doctest: +SKIP
     >>> model.generate(ids, logits_processor=LogitsProcessorList([SkeletonProcessor(template, tok)]))  # doctest: +SKIP
