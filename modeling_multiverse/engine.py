@@ -211,7 +211,7 @@ class MultiverseEngine:
     def run(
         self, prompts: list[list[int]], max_new_tokens: int, prompt_ids: torch.Tensor | None = None
     ) -> list[_Sequence]:
-        """Decode until every prompt is done. The first step feeds the prompts (the prefill).
+        """Decode until every prompt is done (an engine runs once). The first step feeds the prompts (the prefill).
 
         `prompt_ids` are the prompts as given to `generate` (padding included), the start of the rows
         processors and criteria see; by default the prompts left-padded.
