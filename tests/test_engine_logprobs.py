@@ -11,6 +11,7 @@ from tiny import tiny_model
 from transformers import LogitsProcessorList
 
 from modeling_multiverse import TAGS, tag_ids_from_tokenizer
+from modeling_multiverse.generation import ENGINE_DEFAULTS
 from modeling_multiverse.structure import tag_constraints
 
 TOLERANCE = 1e-4  # fp32: an incremental KV-cache decode vs one full forward
@@ -36,7 +37,9 @@ def encode(tokenizer, texts):
     return tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
 
 
-def reference_logprobs(model, tokenizer, prompt: list[int], response: list[int], max_branches: int = 8) -> torch.Tensor:
+def reference_logprobs(
+    model, tokenizer, prompt: list[int], response: list[int], max_branches: int = ENGINE_DEFAULTS["max_branches"]
+) -> torch.Tensor:
     """One forward over prompt + canonical response; log-softmax under the grammar's tag constraints."""
     full = torch.tensor(prompt + response)
     with torch.no_grad():
