@@ -66,6 +66,7 @@ from .attention import MULTIVERSE_KERNEL_ATTENTION, mask_for, stack
 from .criteria_view import CriteriaView, rounds
 from .decode_attention import EngineCache, VisibilityTable
 from .engine_state import (
+    _FORCED,
     BRANCH_TRANSITIONS,
     RESUME,
     SEQUENCE_TRANSITIONS,
@@ -73,7 +74,6 @@ from .engine_state import (
     BranchState,
     SequenceEvent,
     SequenceState,
-    _FORCED,
     _Branch,
     _Sequence,
     advance,

@@ -110,7 +110,6 @@ class MultiverseGenerateOutput(ModelOutput):
     token_logprobs: torch.FloatTensor | None = None
 
 
-
 _TOKENIZERS: dict[str, object] = {}
 
 

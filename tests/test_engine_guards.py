@@ -62,7 +62,8 @@ def test_num_return_sequences_samples_that_many_per_prompt(tiny):
     torch.manual_seed(0)
     out = model.generate(**enc, tokenizer=tokenizer, do_sample=True, num_return_sequences=3, max_new_tokens=6)
     assert out.shape[0] == 6
-    assert out[:3, :2].tolist() == [enc["input_ids"][0].tolist()] * 3 and out[3:, :2].tolist() == [enc["input_ids"][1].tolist()] * 3
+    assert out[:3, :2].tolist() == [enc["input_ids"][0].tolist()] * 3
+    assert out[3:, :2].tolist() == [enc["input_ids"][1].tolist()] * 3
     assert len({tuple(row) for row in out[:3].tolist()}) > 1, "three samples of one prompt should differ"
 
 
@@ -106,7 +107,9 @@ def test_memory_follows_use_not_max_new_tokens(tiny, monkeypatch, budget):
     monkeypatch.setattr(MultiverseEngine, "run", spy)
     enc = prompt(tokenizer)
     stop = LogitsProcessorList([EosAfter(tokenizer.eos_token_id, enc["input_ids"].shape[1] + 5)])
-    out = model.generate(**enc, tokenizer=tokenizer, max_new_tokens=budget, logits_processor=stop, return_dict_in_generate=True)
+    out = model.generate(
+        **enc, tokenizer=tokenizer, max_new_tokens=budget, logits_processor=stop, return_dict_in_generate=True
+    )
     assert out.generated_tokens[0] == 6 and out.sequences[0, -1] == tokenizer.eos_token_id
     engine = engines[0]
     assert engine.cache.capacity <= enc["input_ids"].shape[1] + 512

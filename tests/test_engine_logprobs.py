@@ -34,7 +34,9 @@ def tag_happy():
 def encode(tokenizer, texts):
     tokenizer.padding_side = "left"
     chats = [[{"role": "user", "content": t}] for t in texts]
-    return tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
+    return tokenizer.apply_chat_template(
+        chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+    )
 
 
 def reference_logprobs(
@@ -85,7 +87,8 @@ def test_sampled_logprobs_equal_one_training_forward(tag_happy):
             with torch.no_grad():  # the same without the grammar's constraints: must NOT match
                 logits = model(torch.tensor(prompt + response)[None]).logits[0, len(prompt) - 1 : -1]
             plain = torch.log_softmax(logits, -1).gather(1, torch.tensor(response)[:, None]).squeeze(1)
-            unconstrained_worst = max(unconstrained_worst, float((plain[sampled] - logprobs[: len(response)][sampled]).abs().max()))
+            gap = float((plain[sampled] - logprobs[: len(response)][sampled]).abs().max())
+            unconstrained_worst = max(unconstrained_worst, gap)
     assert {0, 1} <= depths, f"expected flat and nested blocks, got depths {depths}"
     assert compared > 200
     assert worst < TOLERANCE, worst
@@ -94,7 +97,8 @@ def test_sampled_logprobs_equal_one_training_forward(tag_happy):
 
 def test_without_output_scores_no_logprobs(tag_happy):
     model, tokenizer = tag_happy
-    out = model.generate(**encode(tokenizer, ["hi"]), tokenizer=tokenizer, max_new_tokens=8, return_dict_in_generate=True)
+    prompt = encode(tokenizer, ["hi"])
+    out = model.generate(**prompt, tokenizer=tokenizer, max_new_tokens=8, return_dict_in_generate=True)
     assert out.token_logprobs is None
 
 
