@@ -1,10 +1,10 @@
 """Forcing a Multiverse skeleton through any engine with a plain `LogitsProcessor` (tests and benchmarks).
 
 A *template* is the canonical token sequence of a response in which some tokens are `FREE`. The
-processor finds where each row (a branch's own view: prompt, then its tokens in logical order) is in
-the template, forces the template token there, or at a `FREE` slot leaves the model free among
-non-tag, non-eos tokens. Because a branch's view skips its earlier siblings, the lookup jumps to the
-path whose seed the view carries.
+processor finds where each row (a branch's own view: prompt, then its tokens in logical order; the
+engine's padding between the two skipped) is in the template, forces the template token there, or at a
+`FREE` slot leaves the model free among non-tag, non-eos tokens. Because a branch's view skips its
+earlier siblings, the lookup jumps to the path whose seed the view carries.
 
     >>> template = skeleton_template(tok, [3, block(["1", "2"], [[4], [6]])])  # doctest: +SKIP
     >>> model.generate(ids, logits_processor=LogitsProcessorList([SkeletonProcessor(template, tok)]))  # doctest: +SKIP
@@ -138,6 +138,7 @@ class SkeletonProcessor(LogitsProcessor):
         self.think = self.tag_ids[TAGS[THINK]]
         self.eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         self.banned = torch.tensor(sorted(self.tag_ids.values()) + [self.eos])
+        self.pad = tokenizer.pad_token_id  # the engine's rows may hold padding between prompt and response
 
     def locate(self, view: list[int]) -> int:
         """Index in the template of the token that follows `view` (the response part of a branch's view)."""
@@ -159,7 +160,7 @@ class SkeletonProcessor(LogitsProcessor):
         scores = scores.clone()
         for row, ids in enumerate(input_ids.tolist()):
             where = [j for j, token in enumerate(ids) if token == self.think]
-            at = self.locate(ids[where[-1] :]) if where else 0
+            at = self.locate([t for t in ids[where[-1] :] if t != self.pad]) if where else 0
             target = self.template.ids[at] if at < len(self.template.ids) else self.eos
             if target == FREE:
                 scores[row, self.banned.to(scores.device)] = -float("inf")

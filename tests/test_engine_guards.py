@@ -62,7 +62,8 @@ def test_num_return_sequences_samples_that_many_per_prompt(tiny):
     torch.manual_seed(0)
     out = model.generate(**enc, tokenizer=tokenizer, do_sample=True, num_return_sequences=3, max_new_tokens=6)
     assert out.shape[0] == 6
-    assert out[:3, :2].tolist() == [enc["input_ids"][0].tolist()] * 3 and out[3:, :2].tolist() == [enc["input_ids"][1].tolist()] * 3
+    assert out[:3, :2].tolist() == [enc["input_ids"][0].tolist()] * 3
+    assert out[3:, :2].tolist() == [enc["input_ids"][1].tolist()] * 3
     assert len({tuple(row) for row in out[:3].tolist()}) > 1, "three samples of one prompt should differ"
 
 
@@ -106,8 +107,38 @@ def test_memory_follows_use_not_max_new_tokens(tiny, monkeypatch, budget):
     monkeypatch.setattr(MultiverseEngine, "run", spy)
     enc = prompt(tokenizer)
     stop = LogitsProcessorList([EosAfter(tokenizer.eos_token_id, enc["input_ids"].shape[1] + 5)])
-    out = model.generate(**enc, tokenizer=tokenizer, max_new_tokens=budget, logits_processor=stop, return_dict_in_generate=True)
+    out = model.generate(
+        **enc, tokenizer=tokenizer, max_new_tokens=budget, logits_processor=stop, return_dict_in_generate=True
+    )
     assert out.generated_tokens[0] == 6 and out.sequences[0, -1] == tokenizer.eos_token_id
     engine = engines[0]
     assert engine.cache.capacity <= enc["input_ids"].shape[1] + 512
     assert engine.visibility.visible.numel() <= 16 * 1024
+
+
+def test_engine_options_resolve_once_the_way_generate_reads_them(tiny, monkeypatch):
+    from types import SimpleNamespace
+
+    from modeling_multiverse.generation import ENGINE_DEFAULTS, resolve_engine_options
+
+    model, tokenizer = tiny
+    assert ENGINE_DEFAULTS == {"max_depth": 2, "max_branches": 16, "max_branch_tokens": 2048}
+    assert resolve_engine_options() == ENGINE_DEFAULTS
+    given = SimpleNamespace(max_depth=1, max_branches=None)
+    monkeypatch.setattr(model.generation_config, "max_branch_tokens", 99, raising=False)
+    monkeypatch.setattr(model.generation_config, "max_depth", 3, raising=False)
+    # keyword arguments, else the given generation_config, else the model's, else the defaults
+    options = resolve_engine_options(model, given, max_branches=5)
+    assert options == {"max_depth": 1, "max_branches": 5, "max_branch_tokens": 99}
+    with pytest.raises(ValueError, match="unknown engine options max_paths"):
+        resolve_engine_options(model, max_paths=3)
+    seen = []
+    start = MultiverseEngine.__init__
+
+    def spy(self, *args):
+        seen.append(args[5])
+        start(self, *args)
+
+    monkeypatch.setattr(MultiverseEngine, "__init__", spy)
+    model.generate(**prompt(tokenizer), tokenizer=tokenizer, max_new_tokens=2, generation_config=None, max_branches=5)
+    assert seen == [resolve_engine_options(model, max_branches=5)]

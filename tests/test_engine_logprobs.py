@@ -11,6 +11,7 @@ from tiny import tiny_model
 from transformers import LogitsProcessorList
 
 from modeling_multiverse import TAGS, tag_ids_from_tokenizer
+from modeling_multiverse.generation import ENGINE_DEFAULTS
 from modeling_multiverse.structure import tag_constraints
 
 TOLERANCE = 1e-4  # fp32: an incremental KV-cache decode vs one full forward
@@ -33,10 +34,14 @@ def tag_happy():
 def encode(tokenizer, texts):
     tokenizer.padding_side = "left"
     chats = [[{"role": "user", "content": t}] for t in texts]
-    return tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
+    return tokenizer.apply_chat_template(
+        chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+    )
 
 
-def reference_logprobs(model, tokenizer, prompt: list[int], response: list[int], max_branches: int = 8) -> torch.Tensor:
+def reference_logprobs(
+    model, tokenizer, prompt: list[int], response: list[int], max_branches: int = ENGINE_DEFAULTS["max_branches"]
+) -> torch.Tensor:
     """One forward over prompt + canonical response; log-softmax under the grammar's tag constraints."""
     full = torch.tensor(prompt + response)
     with torch.no_grad():
@@ -82,7 +87,8 @@ def test_sampled_logprobs_equal_one_training_forward(tag_happy):
             with torch.no_grad():  # the same without the grammar's constraints: must NOT match
                 logits = model(torch.tensor(prompt + response)[None]).logits[0, len(prompt) - 1 : -1]
             plain = torch.log_softmax(logits, -1).gather(1, torch.tensor(response)[:, None]).squeeze(1)
-            unconstrained_worst = max(unconstrained_worst, float((plain[sampled] - logprobs[: len(response)][sampled]).abs().max()))
+            gap = float((plain[sampled] - logprobs[: len(response)][sampled]).abs().max())
+            unconstrained_worst = max(unconstrained_worst, gap)
     assert {0, 1} <= depths, f"expected flat and nested blocks, got depths {depths}"
     assert compared > 200
     assert worst < TOLERANCE, worst
@@ -91,7 +97,8 @@ def test_sampled_logprobs_equal_one_training_forward(tag_happy):
 
 def test_without_output_scores_no_logprobs(tag_happy):
     model, tokenizer = tag_happy
-    out = model.generate(**encode(tokenizer, ["hi"]), tokenizer=tokenizer, max_new_tokens=8, return_dict_in_generate=True)
+    prompt = encode(tokenizer, ["hi"])
+    out = model.generate(**prompt, tokenizer=tokenizer, max_new_tokens=8, return_dict_in_generate=True)
     assert out.token_logprobs is None
 
 

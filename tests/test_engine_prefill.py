@@ -16,7 +16,7 @@ from test_engine import SKELETONS, run
 from tiny import tiny_model
 from transformers import LogitsProcessorList
 
-import modeling_multiverse.generation as generation
+import modeling_multiverse.engine_state as engine_state
 from modeling_multiverse import StructureError, parse_ids, tag_ids_from_tokenizer
 from modeling_multiverse.kernel_attention import enable_multiverse_kernels
 
@@ -101,14 +101,14 @@ def test_a_causal_prefill_would_be_caught(monkeypatch):
     """The check above is sharp: reading the prompt causally, as the engine used to, moves the log-probabilities."""
     model, tokenizer = tiny_model("llama", layers=2, seed=1)
     template, prompt, _, logprobs = cut_after_first_block(model, tokenizer, "two_blocks")
-    start = generation._Sequence.__init__
+    start = engine_state._Sequence.__init__
 
     def causal(self, *args):
         start(self, *args)
         self.prompt_structure = None
         self.root.pending_positions = None
 
-    monkeypatch.setattr(generation._Sequence, "__init__", causal)
+    monkeypatch.setattr(engine_state._Sequence, "__init__", causal)
     _, token_logprobs, _ = continue_(model, tokenizer, template, [prompt])
     assert free_gap(logprobs, token_logprobs[0]) > 1e-4
 

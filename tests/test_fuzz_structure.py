@@ -17,7 +17,8 @@ import torch
 from tiny import tiny_tokenizer
 
 from modeling_multiverse import TAGS, StructureError, StructureParser, add_multiverse_tokens, dense_mask, parse_kinds
-from modeling_multiverse.generation import CLOSING, ENDING, FINISHING, FORKING, LIVE, MultiverseEngine, _Sequence
+from modeling_multiverse.engine import MultiverseEngine
+from modeling_multiverse.engine_state import BranchState, _Sequence
 from modeling_multiverse.structure import (
     CONCLUSION,
     CONCLUSION_END,
@@ -131,10 +132,10 @@ class Driver:
         while changed and not seq.done:
             changed = False
             for branch in list(seq.branches):
-                if branch.pending or branch.state in (FORKING, FINISHING):
-                    self.engine._transition(seq, branch, "fed")
+                if branch.pending or branch.state in (BranchState.FORKING, BranchState.FINISHING):
+                    self.engine._fed(seq, branch)
                     changed = True
-                if branch.state in (CLOSING, ENDING) and not branch.pending:
+                if branch.state in (BranchState.CLOSING, BranchState.ENDING) and not branch.pending:
                     self.engine._close(seq, branch)
                     changed = True
 
@@ -145,7 +146,7 @@ class Driver:
         seq.root.pending = []
         engine = self.engine
         for kind in script:
-            live = [b for b in seq.branches if b.state == LIVE]
+            live = [b for b in seq.branches if b.state is BranchState.LIVE]
             if seq.done or not live:
                 break
             branch = rng.choice(live)
