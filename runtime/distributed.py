@@ -1,0 +1,168 @@
+"""Running the command line under `torchrun` or `accelerate launch`: who this process is, and how it loads a model.
+
+Both launchers start one process per device and describe it in the environment (`RANK`, `WORLD_SIZE`,
+`LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`). Two ways to use several processes:
+
+- *tensor parallel* (`tensor`): every process holds a slice of every layer (transformers' tensor parallelism,
+  `from_pretrained(..., distributed_config=DistributedConfig(tp_size=N))`, on the plan of the base model's config
+  plus `MultiverseForCausalLM._tp_plan`). Every process steps the fork/merge engine in lockstep on the same
+  prompts: attention runs on each process's own heads, the all-reduces and the gathered head give every process
+  the same logits, so they choose the same tokens. Only the main process (rank 0) prints and writes files.
+- *data parallel* (`data`): every process holds the whole model and decodes its share of the prompts
+  (`evaluation/distributed.py` shards and merges).
+
+Not part of the files that ship to the Hub: the CLI imports it.
+
+Example:
+    $ torchrun --nproc-per-node 2 -m multiverse.cli generate --model out/m --prompt "What is 12 * 13?"
+
+    >>> launch = Launch.from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    >>> launch.main, launch.distributed
+    (False, True)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+PARALLEL_MODES = ("data", "tensor")
+"""How several launched processes share the work (see the module doc)."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place among the launched ones; one process (rank 0 of 1) without a launcher."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Launch:
+        """Read `RANK`, `WORLD_SIZE` and `LOCAL_RANK` as torchrun and accelerate launch set them.
+
+        >>> Launch.from_env({})
+        Launch(rank=0, world_size=1, local_rank=0)
+        """
+        env = os.environ if environ is None else environ
+        try:
+            world = int(env.get("WORLD_SIZE", "1"))
+            rank = int(env.get("RANK", "0"))
+            local = int(env.get("LOCAL_RANK", str(rank)))
+        except ValueError:
+            raise ValueError(
+                f"RANK/WORLD_SIZE/LOCAL_RANK must be integers, got {env.get('RANK')!r}/{env.get('WORLD_SIZE')!r}/"
+                f"{env.get('LOCAL_RANK')!r}"
+            ) from None
+        if world < 1 or not 0 <= rank < world or local < 0:
+            raise ValueError(f"RANK {rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE {world})")
+        return cls(rank, world, local)
+
+    @property
+    def main(self) -> bool:
+        """Whether this process prints and writes files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def device(self, requested: str) -> str:
+        """The device of this process: `cuda` becomes `cuda:LOCAL_RANK` when launched on several processes.
+
+        >>> Launch(1, 2, 1).device("cuda"), Launch(1, 2, 1).device("cpu")
+        ('cuda:1', 'cpu')
+        """
+        if self.distributed and requested == "cuda":
+            return f"cuda:{self.local_rank}"
+        return requested
+
+
+def check_tensor_parallel(text_config: Any, tp_size: int) -> None:
+    """One clear line when the model cannot be split `tp_size` ways: each process takes whole heads.
+
+    `text_config` is the base model's config, as an object or as the `text_config` dict of config.json.
+
+    >>> from transformers import Qwen2Config
+    >>> check_tensor_parallel(Qwen2Config(num_attention_heads=4, num_key_value_heads=2), 3)
+    Traceback (most recent call last):
+    ValueError: tensor parallelism over 3 processes needs num_attention_heads (4) and num_key_value_heads (2) \
+divisible by 3; launch a number of processes that divides them
+    """
+    if tp_size <= 1:
+        return
+    read = text_config.get if isinstance(text_config, Mapping) else lambda name: getattr(text_config, name, None)
+    heads = read("num_attention_heads")
+    sizes = {"num_attention_heads": heads, "num_key_value_heads": read("num_key_value_heads") or heads}
+    if any(value % tp_size for value in sizes.values()):
+        listed = " and ".join(f"{name} ({value})" for name, value in sizes.items())
+        raise ValueError(
+            f"tensor parallelism over {tp_size} processes needs {listed} divisible by {tp_size}; "
+            "launch a number of processes that divides them"
+        )
+
+
+def tensor_parallel_kwargs(launch: Launch, text_config: Mapping[str, Any] | Any = None) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments that split the model over the launched processes ({} for one).
+
+    transformers sets up the process group itself (gloo on CPU, nccl on CUDA) and places each process's
+    slice on its `LOCAL_RANK` device, so the model must not be moved afterwards.
+
+    >>> tensor_parallel_kwargs(Launch())
+    {}
+    """
+    if not launch.distributed:
+        return {}
+    if text_config is not None:
+        check_tensor_parallel(text_config, launch.world_size)
+    try:
+        from transformers import DistributedConfig
+    except ImportError:  # older 5.x: the standalone argument
+        return {"tp_plan": "auto"}
+    return {"distributed_config": DistributedConfig(tp_size=launch.world_size)}
+
+
+def init_process_group(launch: Launch, device: str) -> None:
+    """Join the launched processes (gloo on CPU, nccl on CUDA) unless already joined; nothing for one process."""
+    if not launch.distributed or torch.distributed.is_initialized():
+        return
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))
+    torch.distributed.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
+
+
+def gather_to_main(value: Any, launch: Launch) -> list[Any] | None:
+    """Every process's `value` (any picklable object), in rank order, on the main process; None elsewhere.
+
+    >>> gather_to_main({"a": 1}, Launch())
+    [{'a': 1}]
+    """
+    if not launch.distributed:
+        return [value]
+    gathered: list[Any] | None = [None] * launch.world_size if launch.main else None
+    torch.distributed.gather_object(value, gathered, dst=0)
+    return gathered
+
+
+def finish(launch: Launch) -> None:
+    """Wait for every process, then leave the process group (quietly ends what `init_process_group` or TP began)."""
+    if launch.distributed and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+__all__ = [
+    "PARALLEL_MODES",
+    "Launch",
+    "check_tensor_parallel",
+    "finish",
+    "gather_to_main",
+    "init_process_group",
+    "tensor_parallel_kwargs",
+]
