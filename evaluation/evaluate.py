@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.distributed import add_parallel_argument, load_model, run_evaluation
 from evaluation.grading import KINDS, extract_answer, grade, integer_reference
 from modeling_multiverse import (
     MissingTagsError,
@@ -38,6 +39,7 @@ from modeling_multiverse import (
     parse_text,
     tag_ids_from_tokenizer,
 )
+from runtime.distributed import Launch
 from runtime.jsonl import iter_jsonl
 from runtime.precision import PRECISIONS, choose_precision
 
@@ -358,6 +360,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="decoding precision; auto: bf16 where the device runs it natively, else fp32 (default)",
     )
     parser.add_argument("--output", help="write the full report (with per-problem records) to this JSON file")
+    add_parallel_argument(parser)  # torchrun / accelerate launch: evaluation/distributed.py
     args = parser.parse_args(argv)
     for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -384,9 +387,17 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--output {args.output} is the data file or a folder; the report needs a file of its own")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     precision = choose_precision(args.precision, args.device)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype).to(args.device).eval()
+    launch = Launch.from_env()  # several processes (torchrun, accelerate launch): data or tensor parallel
+    text_config = config.get("text_config") or config
+    model = load_model(AutoModelForCausalLM, args.model, precision.dtype, args.device, launch, args.parallel, text_config)
     parallel_prompt = is_multiverse_tokenizer(tokenizer) if args.parallel_prompt is None else args.parallel_prompt
-    report = evaluate(model, tokenizer, records, kind, args.max_new_tokens, args.batch_size, parallel_prompt)
+
+    def evaluate_part(part: list[dict]) -> dict[str, Any]:
+        return evaluate(model, tokenizer, part, kind, args.max_new_tokens, args.batch_size, parallel_prompt)
+
+    report = run_evaluation(evaluate_part, records, args.batch_size, kind, launch, args.parallel)
+    if report is None:  # not rank 0: rank 0 reports for every process
+        return 0
     report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt, precision=precision.as_dict())
     print(format_summary(report))
     if args.output:
