@@ -127,14 +127,56 @@ def tensor_parallel_kwargs(launch: Launch, text_config: Mapping[str, Any] | Any 
     return {"distributed_config": DistributedConfig(tp_size=launch.world_size)}
 
 
-def init_process_group(launch: Launch, device: str) -> None:
-    """Join the launched processes (gloo on CPU, nccl on CUDA) unless already joined; nothing for one process."""
-    if not launch.distributed or torch.distributed.is_initialized():
+def parallelize(model, launch: Launch, device: str):
+    """Split the decoder layers of a loaded (unsplit) model with torch's `parallelize_module` on its own TP plan.
+
+    The fallback to transformers' tensor parallelism (`tensor_parallel_kwargs`), and the way to run the sharded
+    (DTensor) code path on ONE device (N = 1): transformers leaves a `tp_size=1` model unsplit. Each rule of
+    `model.tp_plan` on the attention and MLP projections becomes torch's `ColwiseParallel` or `RowwiseParallel`;
+    the embeddings and the head stay whole (they may be one tied tensor). Joins the process group first.
+
+    >>> model = parallelize(AutoModelForCausalLM.from_pretrained("out/m"), Launch.from_env(), "cpu")  # doctest: +SKIP
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+    plan = {name: styles[style]() for name, style in (model.tp_plan or {}).items() if ".layers." in name}
+    unknown = sorted({style for name, style in (model.tp_plan or {}).items() if ".layers." in name} - set(styles))
+    if unknown or not plan:
+        raise ValueError(f"{type(model).__name__}: no colwise/rowwise TP plan for its layers (found styles {unknown})")
+    init_process_group(launch, device, even_alone=True)
+    mesh = init_device_mesh(torch.device(device).type, (launch.world_size,))
+    return parallelize_module(model, mesh, plan)
+
+
+def init_process_group(launch: Launch, device: str, even_alone: bool = False) -> None:
+    """Join the launched processes (gloo on CPU, nccl on CUDA) unless already joined.
+
+    Nothing for one process, unless `even_alone` (a group of one, for DTensor; the launcher's MASTER_ADDR and
+    MASTER_PORT, else this machine and a free port).
+    """
+    if (not launch.distributed and not even_alone) or torch.distributed.is_initialized():
         return
+    if not launch.distributed and "MASTER_PORT" not in os.environ:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(_free_port())
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(torch.device(device))
     torch.distributed.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def gather_to_main(value: Any, launch: Launch) -> list[Any] | None:
@@ -152,8 +194,9 @@ def gather_to_main(value: Any, launch: Launch) -> list[Any] | None:
 
 def finish(launch: Launch) -> None:
     """Wait for every process, then leave the process group (quietly ends what `init_process_group` or TP began)."""
-    if launch.distributed and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if launch.distributed:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
@@ -164,5 +207,6 @@ __all__ = [
     "finish",
     "gather_to_main",
     "init_process_group",
+    "parallelize",
     "tensor_parallel_kwargs",
 ]

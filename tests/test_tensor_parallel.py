@@ -1,4 +1,5 @@
-"""Tensor-parallel fork/merge decoding: 2 real torchrun processes (gloo, CPU) against one process.
+"""Tensor-parallel fork/merge decoding: 2 real torchrun processes (gloo, CPU) against one process
+(`benchmarks/tp_check.py --dry-run`), and `multiverse generate` under torchrun.
 
 The tiny Qwen2-shaped model has 4 attention heads and 2 key/value heads, so each process holds 2 and 1 of
 them: the engine's attention (`decode_attention.py`) runs on local heads, the all-reduces and the gathered
@@ -14,21 +15,22 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from tensor_parallel_worker import NESTED, decode
 from tiny import tiny_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+from transformers import Qwen2Config
 
 from runtime.distributed import Launch, check_tensor_parallel, tensor_parallel_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from tp_check import NESTED  # noqa: E402
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node nproc ARGS` with this checkout importable, one thread per process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -41,29 +43,29 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def test_two_process_tensor_parallel_equals_one_process(model_dir, tmp_path):
-    run = torchrun([str(ROOT / "tests" / "tensor_parallel_worker.py"), str(model_dir), str(tmp_path)])
+@pytest.mark.parametrize("via", ["transformers", "torch"])
+def test_two_process_tensor_parallel_equals_one_process(via, tmp_path):
+    """transformers' TP (the CLI's path) and torch's `parallelize_module` on the same plan (the fallback)."""
+    out = tmp_path / "tp.json"
+    run = torchrun([str(ROOT / "benchmarks" / "tp_check.py"), "--dry-run", "--via", via, "--out", str(out)])
     assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    report = json.loads(out.read_text())
+    assert (report["tp_size"], report["via"], report["backend"], report["device"]) == (2, via, "gloo", "cpu")
     # the model really is split: every attention and MLP projection holds half of its rows or columns
-    shards = ranks[0]["shards"]
-    assert ranks[0]["backend"] == "gloo" and ranks[0]["world_size"] == 2
     split = [f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
     split += [f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")]
     for name in split:
-        full, local = shards[f"model.layers.0.{name}.weight"]
+        full, local = report["shards"][f"model.layers.1.{name}.weight"]
         assert full != local and local[0] * local[1] * 2 == full[0] * full[1], (name, full, local)
-    assert "lm_head.weight" in shards  # the head is split over the vocabulary too (`_tp_plan`)
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    single = decode(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(), tokenizer)
+    # transformers splits the head over the vocabulary too (`MultiverseForCausalLM._tp_plan`)
+    assert ("lm_head.weight" in report["shards"]) == (via == "transformers")
     # forks and merges happened: the nested skeleton's blocks, in fewer steps than tokens
-    labels = [b["labels"] for b in single["blocks"][0]]
-    assert labels == [NESTED[1]["labels"], ["2.1", "2.2"]]
-    assert single["decode_steps"][0] < single["generated_tokens"][0]
-    for rank in ranks:  # both processes chose exactly the tokens one process chose
-        assert rank["sequences"] == single["sequences"]
-        assert rank["decode_steps"] == single["decode_steps"] and rank["blocks"] == single["blocks"]
+    assert report["forks"] == [NESTED[1]["labels"], ["2.1", "2.2"]]
+    assert report["decode_steps"] < report["generated_tokens"]
+    # both processes chose exactly the tokens one process chose
+    *ranks, single = report["sequences"]
+    assert len(ranks) == 2 and all(r == single for r in ranks)
+    assert report["same_tokens"] and report["same_stats"]
 
 
 def test_generate_command_under_torchrun_prints_once_and_equals_one_process(model_dir, capsys):
