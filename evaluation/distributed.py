@@ -23,7 +23,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from runtime.distributed import PARALLEL_MODES, Launch, finish, gather_to_main, init_process_group, tensor_parallel_kwargs
+from runtime.distributed import (
+    PARALLEL_MODES,
+    Launch,
+    finish,
+    gather_to_main,
+    init_process_group,
+    tensor_parallel_kwargs,
+)
 
 
 def add_parallel_argument(parser: argparse.ArgumentParser) -> None:
@@ -93,17 +100,20 @@ def run_evaluation(
     kind: str,
     launch: Launch,
     parallel: str = "data",
+    summarize: Callable[[list[dict], str, float], dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate `records` with `evaluate_part` (records -> `evaluate` report) as the launch says; the report on rank 0.
 
     Returns None on the other processes, which must then print and write nothing. Data parallel: the merged
-    report (`summarize` over every problem, wall time from the first batch to the last result gathered) gains
-    `data_parallel: N`; tensor parallel: `tensor_parallel: N`. Leaves the process group at the end.
+    report (`summarize`, by default `evaluate.summarize`, over every problem; wall time from the first batch to the
+    last result gathered) gains `data_parallel: N`; tensor parallel: `tensor_parallel: N`. Leaves the process
+    group at the end.
 
-    >>> report = run_evaluation(lambda part: evaluate(model, tok, part, "math"), records, 8, "math", Launch())  # doctest: +SKIP
+    >>> part = lambda records: evaluate(model, tok, records, "math")  # doctest: +SKIP
+    >>> report = run_evaluation(part, records, 8, "math", Launch())  # doctest: +SKIP
     """
-    from evaluation.evaluate import summarize
-
+    if summarize is None:
+        from evaluation.evaluate import summarize
     if not launch.distributed:
         return evaluate_part(list(records))
     if parallel == "tensor":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from test_tensor_parallel import torchrun
 from tiny import tiny_model
 
 from evaluation.distributed import batch_shard, merge_shards
+from evaluation.evaluate import parse_args
+from evaluation.sampling import majority, problem_result, problem_seed
 from multiverse.cli import main
 
 PER_PROBLEM = ("id", "answer", "predicted", "correct", "well_formed", "finished", "generated_tokens", "decode_steps",
@@ -68,3 +71,56 @@ def test_batches_are_dealt_round_robin_and_merged_back():
         merge_shards(results + [([0], ["again"])], 7)
     with pytest.raises(ValueError, match="rank in 0..1"):
         batch_shard(4, 2, 2, 2)
+
+
+SAMPLED = ["--num-samples", "3", "--temperature", "1.0", "--seed", "11"]
+
+
+def sample_texts(report: dict) -> list[list[str]]:
+    return [[s["response"] for s in r["samples"]] for r in report["records"]]
+
+
+def test_sampled_eval_pass_and_maj_at_k_equal_in_both_modes(task, tmp_path):
+    """--num-samples k: seeded per problem, so 2 data-parallel processes write the samples one process writes."""
+    assert main([*eval_args(task, tmp_path / "single.json"), *SAMPLED]) == 0
+    single = json.loads((tmp_path / "single.json").read_text())
+    assert single["num_samples"] == 3 and (single["temperature"], single["seed"]) == (1.0, 11)
+    texts = sample_texts(single)
+    assert all(len(t) == 3 for t in texts) and any(len(set(t)) > 1 for t in texts), "the samples are not samples"
+    for record in single["records"]:
+        assert record["pass_at_k"] == any(s["correct"] for s in record["samples"])
+        assert record["correct"] == sum(s["correct"] for s in record["samples"]) / 3
+    assert single["pass_at_k"] == sum(r["pass_at_k"] for r in single["records"]) / 5
+
+    run = torchrun(["-m", "multiverse.cli", *eval_args(task, tmp_path / "dp.json"), *SAMPLED])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "pass@3" in run.stdout and run.stdout.count("maj@3") == 1
+    distributed = json.loads((tmp_path / "dp.json").read_text())
+    assert distributed["data_parallel"] == 2 and sample_texts(distributed) == texts
+    for field in ("pass_at_k", "maj_at_k", "accuracy", "well_formed", "mean_tokens"):
+        assert distributed[field] == single[field]
+
+    # another seed, other samples
+    assert main([*eval_args(task, tmp_path / "other.json"), *SAMPLED[:-1], "12"]) == 0
+    assert sample_texts(json.loads((tmp_path / "other.json").read_text())) != texts
+
+
+def test_majority_vote_and_sampling_flags():
+    assert majority(["\\frac{1}{2}", "7", "1/2"], "math") == (0, "\\frac{1}{2}")  # equal answers vote together
+    assert majority(["4", "5", "5", "4"], "aime") == (0, "4")  # a tie goes to the earliest
+    assert majority([None, None], "aime") == (None, None)
+    samples = [{"predicted": p, "correct": c, "well_formed": True, "finished": True, "generated_tokens": 4,
+                "decode_steps": 2, "parallelism": 2.0, "batch_time_s": 0.1} for p, c in (("5", False), ("4", True),
+                                                                                      ("5", False))]
+    result = problem_result({"id": "p", "answer": "4", "kind": "aime"}, samples)
+    assert result["pass_at_k"] and not result["maj_at_k"] and result["majority_answer"] == "5"
+    assert result["correct"] == pytest.approx(1 / 3)
+    assert problem_seed(0, "a") == problem_seed(0, "a") != problem_seed(0, "b")
+    for flags, message in (
+        (["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+        (["--num-samples", "4", "--temperature", "0"], "needs a finite --temperature > 0, got 0.0"),
+        (["--temperature", "0.5"], "--temperature and --top-p need --num-samples > 1"),
+        (["--num-samples", "2", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_args(["--model", "m", "--data", "d", "--device", "cpu", *flags])
