@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU check of the Multiverse stack, under 10 minutes on one H100/H200 (every step has a hard time limit):
 #   1. environment   versions; modules the steps need, installed from --wheels DIR (no network) where missing
-#   2. engine        benchmarks/engine_gpu.py on Qwen2.5-1.5B shapes, batches 1, 8, 32 (bf16)        <= 240 s
+#   2. engine        benchmarks/engine_gpu.py on Qwen2.5-1.5B shapes, batches 1, 8, 32 (bf16)        <= 210 s
 #   3. exactness     benchmarks/gpu_exactness.py: fp32 engine == one full forward; bf16 within 0.25 nats of
 #                    fp32's best token (stated in the script)                                          <= 90 s
 #   4. tp            torchrun --nproc-per-node N benchmarks/tp_check.py (N = --tp, default 1): split model,
@@ -122,7 +122,7 @@ check_args benchmarks/gpu_report.py
 [ -f "$SERVE_LOAD" ] && check_args "$SERVE_LOAD" "${LOAD_ARGS[@]}"
 
 if need matplotlib; then
-    step engine 240 "$PY" benchmarks/engine_gpu.py "${ENGINE_ARGS[@]}"
+    step engine 210 "$PY" benchmarks/engine_gpu.py "${ENGINE_ARGS[@]}"
 else
     skip engine "needs matplotlib: pass --wheels DIR" 1
 fi
@@ -134,7 +134,7 @@ elif [ $DRY -eq 1 ]; then
     skip serve_load "dry run: its flags were checked above" 0
 elif need fastapi uvicorn openai httpx; then
     if [ -z "${SERVE_LOAD_ARGS:-}" ]; then  # a random Multiverse model with the engine step's shapes
-        "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import tp_check; tp_check.build(Path('$LOAD_MODEL'), dry_run=False)" \
+        "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import tp_check; tp_check.build(Path('$LOAD_MODEL'), dry_run=False, dtype=tp_check.torch.bfloat16)" \
             || echo "FAILED: building the serve_load model"
     fi
     step serve_load 120 "$PY" "$SERVE_LOAD" "${LOAD_ARGS[@]}"

@@ -43,8 +43,8 @@ GPU_SHAPE = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers"
 """Qwen2.5-1.5B's layers (its 151936-token vocabulary replaced by the test tokenizer's)."""
 
 
-def build(folder: Path, dry_run: bool) -> None:
-    """Save a random fp32 Multiverse model with the tags, and its tokenizer, in `folder`."""
+def build(folder: Path, dry_run: bool, dtype: torch.dtype = torch.float32) -> None:
+    """Save a random Multiverse model with the tags (in `dtype`), and its tokenizer, in `folder`."""
     from tiny import tiny_model, tiny_tokenizer
     from transformers import Qwen2Config
 
@@ -63,7 +63,7 @@ def build(folder: Path, dry_run: bool) -> None:
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **GPU_SHAPE)
         model = MultiverseForCausalLM(MultiverseConfig(text_config=text.to_dict()))
         add_multiverse_tokens(model, tokenizer)
-    model.save_pretrained(folder)
+    model.to(dtype).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
