@@ -200,11 +200,92 @@ def finish(launch: Launch) -> None:
         torch.distributed.destroy_process_group()
 
 
+class LockstepModel:
+    """Rank 0's handle on a tensor-parallel model: each `generate` call runs on every process.
+
+    Before decoding, rank 0 broadcasts the call (tensors as CPU tensors) and its random number generator states
+    (`torch.distributed.broadcast_object_list`); the other processes, in `follow`, set the same states and make
+    the same call, so sampling draws the same tokens everywhere. Arguments that only rank 0 can use (`streamer`,
+    `branch_callback`) stay on rank 0. Everything else reads through to the model. `close()` releases the others.
+    For a server whose requests arrive on rank 0 only (`multiverse serve` under torchrun).
+
+    >>> model = LockstepModel(model, launch) if launch.main else follow(model, launch)  # doctest: +SKIP
+    """
+
+    LOCAL_ONLY = ("streamer", "branch_callback")
+
+    def __init__(self, model, launch: Launch):
+        self.model = model
+        self.launch = launch
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def generate(self, *args, **kwargs):
+        local = {name: kwargs.pop(name) for name in self.LOCAL_ONLY if name in kwargs}
+        if self.launch.distributed:
+            call = (_to_cpu(args), _to_cpu(kwargs), _rng_states(self.model.device))
+            torch.distributed.broadcast_object_list([("generate", call)], src=0)
+        return self.model.generate(*args, **kwargs, **local)
+
+    def close(self) -> None:
+        """Tell the other processes that no call follows (they return from `follow`)."""
+        if self.launch.distributed:
+            torch.distributed.broadcast_object_list([("close", None)], src=0)
+
+
+def follow(model, launch: Launch) -> None:
+    """The other processes' side of `LockstepModel`: make every call rank 0 makes, until it closes."""
+    while True:
+        message: list[Any] = [None]
+        torch.distributed.broadcast_object_list(message, src=0)
+        kind, call = message[0]
+        if kind == "close":
+            return
+        args, kwargs, states = call
+        _set_rng_states(states, model.device)
+        model.generate(*_to_device(args, model.device), **_to_device(kwargs, model.device))
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
+def _to_device(value: Any, device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _rng_states(device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device) -> None:
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
 __all__ = [
     "PARALLEL_MODES",
     "Launch",
+    "LockstepModel",
     "check_tensor_parallel",
     "finish",
+    "follow",
     "gather_to_main",
     "init_process_group",
     "parallelize",

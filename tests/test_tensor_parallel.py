@@ -104,3 +104,18 @@ def test_launch_environment_is_read_and_checked():
         Launch.from_env({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="must be integers"):
         Launch.from_env({"RANK": "zero", "WORLD_SIZE": "2"})
+
+
+def test_lockstep_server_calls_equal_one_process(model_dir, tmp_path):
+    """Requests reach rank 0 only (a server): `LockstepModel` replays each call, RNG states included, on rank 1."""
+    from lockstep_worker import run
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "lockstep.json"
+    result = torchrun([str(ROOT / "tests" / "lockstep_worker.py"), str(model_dir), str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = json.loads(out.read_text())
+    single = run(AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir))
+    assert [b["labels"] for b in single[0]["blocks"][0]] == [["1", "2"], ["2.1", "2.2"]]  # forks and merges
+    assert single[1]["sequences"] != single[2]["sequences"][:1] and len(single[2]["sequences"]) == 2
+    assert split == single  # greedy and sampled: the same tokens, blocks and steps as one process
