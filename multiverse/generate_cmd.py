@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.distributed import Launch, finish, tensor_parallel_kwargs
     from runtime.precision import choose_precision
 
-    precision = choose_precision(args.precision, "cpu")
+    launch = Launch.from_env()  # under torchrun: tensor parallel over the launched processes
+    # one process decodes on the CPU; tensor parallel slices go to cuda:LOCAL_RANK where there is a GPU
+    precision = choose_precision(args.precision, "cuda" if launch.distributed and torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     ids = prompt_ids(tokenizer, args.prompt, parallel=not args.no_instruction)
     if context is not None and len(ids) + args.max_new_tokens > context:
@@ -85,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
             f"--max-new-tokens {args.max_new_tokens}: with the prompt's {len(ids)} tokens that exceeds the model's "
             f"context of {context} tokens; pass --max-new-tokens {context - len(ids)} or less"
         )
-    launch = Launch.from_env()  # under torchrun: tensor parallel over the launched processes
     parallel = tensor_parallel_kwargs(launch, config.get("text_config") or config)
     model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype, **parallel)
     model.eval()
