@@ -30,8 +30,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.distributed import add_parallel_argument, load_model, run_evaluation
 from evaluation.grading import KINDS, extract_answer, grade, integer_reference
+from evaluation.sampling import (
+    add_sampling_arguments,
+    check_sampling_arguments,
+    evaluate_samples,
+    samples_line,
+    summarize_samples,
+)
 from modeling_multiverse import MissingTagsError, StructureError, parse_text, prompt_ids, tag_ids_from_tokenizer
+from runtime.distributed import Launch
 from runtime.jsonl import iter_jsonl
 from runtime.precision import PRECISIONS, choose_precision
 
@@ -323,7 +332,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="decoding precision; auto: bf16 where the device runs it natively, else fp32 (default)",
     )
     parser.add_argument("--output", help="write the full report (with per-problem records) to this JSON file")
+    add_parallel_argument(parser)  # torchrun / accelerate launch: evaluation/distributed.py
+    add_sampling_arguments(parser)  # --num-samples k: pass@k, maj@k (evaluation/sampling.py)
     args = parser.parse_args(argv)
+    check_sampling_arguments(args)
     for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
@@ -349,11 +361,29 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--output {args.output} is the data file or a folder; the report needs a file of its own")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     precision = choose_precision(args.precision, args.device)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype).to(args.device).eval()
+    launch = Launch.from_env()  # several processes (torchrun, accelerate launch): data or tensor parallel
+    text_config = config.get("text_config") or config
+    model = load_model(
+        AutoModelForCausalLM, args.model, precision.dtype, args.device, launch, args.parallel, text_config
+    )
     parallel_prompt = is_multiverse_tokenizer(tokenizer) if args.parallel_prompt is None else args.parallel_prompt
-    report = evaluate(model, tokenizer, records, kind, args.max_new_tokens, args.batch_size, parallel_prompt)
+
+    def evaluate_part(part: list[dict]) -> dict[str, Any]:
+        if args.num_samples > 1:
+            return evaluate_samples(model, tokenizer, part, kind, args.num_samples, args.max_new_tokens,
+                                    parallel_prompt, args.temperature, args.top_p, args.seed)
+        return evaluate(model, tokenizer, part, kind, args.max_new_tokens, args.batch_size, parallel_prompt)
+
+    summary = summarize_samples if args.num_samples > 1 else summarize
+    report = run_evaluation(evaluate_part, records, args.batch_size, kind, launch, args.parallel, summary)
+    if report is None:  # not rank 0: rank 0 reports for every process
+        return 0
     report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt, precision=precision.as_dict())
+    if args.num_samples > 1:
+        report.update(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     print(format_summary(report))
+    if args.num_samples > 1:
+        print(samples_line(report))
     if args.output:
         write_text_atomic(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         print(f"report written to {args.output}")

@@ -77,6 +77,10 @@ class MultiversePreTrainedModel(PreTrainedModel):
 
 class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # tensor parallelism (`from_pretrained(..., distributed_config=DistributedConfig(tp_size=N))` under torchrun):
+    # the base model brings its config's `base_model_tp_plan`; the head is split over the vocabulary, then gathered,
+    # as in Qwen2ForCausalLM and LlamaForCausalLM, so every rank holds the same full logits and samples the same token
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: MultiverseConfig):
         super().__init__(config)

@@ -4,8 +4,12 @@ The prompt is built by the one prompt builder (`modeling_multiverse.prompt_ids`)
 the "in parallel" instruction (SPEC 2), through the model's chat template. Prints the response and the
 engine's statistics (SPEC 8), or one JSON object.
 
+Under `torchrun --nproc-per-node N` (or `accelerate launch`) the model is split over the N processes with
+transformers' tensor parallelism (`runtime/distributed.py`); every process decodes in lockstep, rank 0 prints.
+
 Example:
     $ multiverse generate --model out/smollm2-multiverse --prompt "What is 12 * 13?" --max-new-tokens 256
+    $ torchrun --nproc-per-node 2 -m multiverse.cli generate --model out/smollm2-multiverse --prompt "What is 12 * 13?"
 """
 
 from __future__ import annotations
@@ -60,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from modeling_multiverse import MultiverseForCausalLM, prompt_ids
+    from runtime.distributed import Launch, finish, tensor_parallel_kwargs
     from runtime.precision import choose_precision
 
-    precision = choose_precision(args.precision, "cpu")
+    launch = Launch.from_env()  # under torchrun: tensor parallel over the launched processes
+    # one process decodes on the CPU; tensor parallel slices go to cuda:LOCAL_RANK where there is a GPU
+    precision = choose_precision(args.precision, "cuda" if launch.distributed and torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     ids = prompt_ids(tokenizer, args.prompt, parallel=not args.no_instruction)  # a tag in the prompt is text
     if context is not None and len(ids) + args.max_new_tokens > context:
@@ -70,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--max-new-tokens {args.max_new_tokens}: with the prompt's {len(ids)} tokens that exceeds the model's "
             f"context of {context} tokens; pass --max-new-tokens {context - len(ids)} or less"
         )
-    model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
+    parallel = tensor_parallel_kwargs(launch, config.get("text_config") or config)
+    model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype, **parallel)
     model.eval()
     inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
@@ -103,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_second": round(out.generated_tokens[0] / seconds, 2) if seconds else None,
         "precision": precision.name,
     }
+    if launch.distributed:
+        stats["tensor_parallel"] = launch.world_size
+    finish(launch)
+    if not launch.main:
+        return 0
     if args.json:
         print(json.dumps({"prompt": args.prompt, "response": response, **stats}))
     else:
