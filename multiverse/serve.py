@@ -107,6 +107,8 @@ def check_body(body: object) -> dict:
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise BadRequest(f"'{name}' must be an integer, got {value!r}")
+        if value is not None and name != "seed" and value < 1:
+            raise BadRequest(f"'{name}' must be a positive integer, got {value!r}")
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
