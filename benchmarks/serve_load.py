@@ -315,7 +315,10 @@ def closed_loop(n: int, concurrency: int, work) -> tuple[list[Outcome], float]:
                 index = next(indices)
             if index >= n:
                 return
-            outcome = work(index)
+            try:
+                outcome = work(index)
+            except Exception as err:  # noqa: BLE001 (a client-side error is a failed request, not a lost one)
+                outcome = Outcome(index, "failed", detail=f"{type(err).__name__}: {err}"[:200])
             with lock:
                 outcomes.append(outcome)
 
@@ -422,16 +425,16 @@ def static_generate(args, records: list[dict], tokenizer) -> dict:
 
 def faults(server: Server, args, records: list[dict]) -> dict:
     """Misbehaving clients against a warm server; the checks of issue 22's fault target."""
+    import httpx  # noqa: F401 (imported here, once: importing it from several threads at once races)
     import openai
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=3600)
     rss_warm = server.health()["rss_mb"]
     rng = random.Random(args.seed)
-    kinds = []
-    for _ in range(args.fault_requests):
-        draw = rng.random()
-        kinds.append("malformed" if draw < args.malformed_share else
-                     "leave" if draw < args.malformed_share + args.disconnect_share else "valid")
+    malformed = round(args.malformed_share * args.fault_requests)  # exact shares, in a shuffled order
+    leave = round(args.disconnect_share * args.fault_requests)
+    kinds = ["malformed"] * malformed + ["leave"] * leave + ["valid"] * (args.fault_requests - malformed - leave)
+    rng.shuffle(kinds)
     max_tokens = args.fault_max_tokens or args.max_tokens
 
     def work(index: int) -> Outcome:
@@ -451,8 +454,8 @@ def faults(server: Server, args, records: list[dict]) -> dict:
             break
         time.sleep(0.5)
     health = server.health()
-    valid = [o for o, k in zip(outcomes, kinds) if k == "valid"]
-    malformed = [o for o, k in zip(outcomes, kinds) if k == "malformed"]
+    valid = [o for o in outcomes if kinds[o.index] == "valid"]
+    malformed = [o for o in outcomes if kinds[o.index] == "malformed"]
     rss_end = None if health is None else health["rss_mb"]
     checks = {
         "server stays up": server.alive(),
