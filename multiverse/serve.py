@@ -253,7 +253,7 @@ class Job:
     state: str = "waiting"  # waiting, running, finished
 
     def deliver(self, text: str | None) -> None:
-        if self.queue is not None:
+        if self.queue is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
 
     def resolve(self, outcome: dict) -> None:
@@ -265,7 +265,10 @@ class Job:
             if not self.future.done():
                 self.future.set_result(outcome)
 
-        self.loop.call_soon_threadsafe(settle)
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the server is shutting down: its event loop is closed
+            pass
 
 
 class Scheduler:
@@ -280,6 +283,11 @@ class Scheduler:
 
     This is the seam for the engine's admission (issue 22): `_run_batch` becomes "add the requests to the
     running engine", and a cancelled row leaves at its next step instead of when its batch does.
+
+    Why one thread with batches, not N threads each calling `generate()`: the engine switches the shared
+    model's attention implementation for the length of a call (`engine_attention` sets
+    `config._attn_implementation`), so overlapping calls would switch it back under each other; and torch
+    already spreads one call over every CPU core, so N threads would only time-slice them.
     """
 
     TOKENS_WINDOW_S = 10.0
@@ -367,6 +375,11 @@ class Scheduler:
             start = time.monotonic()
             try:
                 self._run_batch(batch)
+            except Exception as err:  # noqa: BLE001 (a bug outside generate() fails its batch, not the thread)
+                for job in batch:
+                    if job.state != "finished":
+                        self.count("failed")
+                        job.resolve({"kind": "failed", "message": f"serving failed: {err}"})
             finally:
                 with self.lock:
                     self.running = []
