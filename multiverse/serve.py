@@ -278,6 +278,10 @@ class Scheduler:
       thread is idle, up to `max_running` more are taken at once, so an idle server never refuses).
     - The thread takes the oldest waiting job and the waiting jobs that share its `batch_key`, up to
       `max_running` rows, and decodes them in one `generate()` call; the call ends when its last row does.
+      Right after a batch, while fewer than `max_running` wait, it waits up to `batch_window_s` (counted
+      from that batch's end) for more: the clients it just answered come back at once, and without the
+      window a closed loop of C clients settles into alternating batches of 1 and C - 1. A request that
+      finds the server idle starts at once.
     - `cancel(job)`: a waiting job leaves the queue at once; a running one gets nothing more, and the
       call stops at the next decode step once every job in it is cancelled.
 
@@ -292,10 +296,15 @@ class Scheduler:
 
     TOKENS_WINDOW_S = 10.0
 
-    def __init__(self, server: ChatServer, max_running: int = 4, max_waiting: int = 32):
-        if max_running < 1 or max_waiting < 0:
-            raise ValueError(f"max_running must be >= 1 and max_waiting >= 0, got {max_running}, {max_waiting}")
+    def __init__(self, server: ChatServer, max_running: int = 4, max_waiting: int = 32, batch_window_s: float = 0.05):
+        if max_running < 1 or max_waiting < 0 or batch_window_s < 0:
+            raise ValueError(
+                f"max_running must be >= 1, max_waiting and batch_window_s >= 0; got {max_running}, {max_waiting}, "
+                f"{batch_window_s}"
+            )
         self.server = server
+        self.batch_window_s = batch_window_s
+        self.last_end = -math.inf  # when the last batch ended
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.lock = threading.Condition()
@@ -351,6 +360,7 @@ class Scheduler:
                 **self.counts,
                 "max_running": self.max_running,
                 "max_waiting": self.max_waiting,
+                "batch_window_ms": round(self.batch_window_s * 1000),
                 "batches": self.batches,
                 "largest_batch": self.largest_batch,
                 "tokens_per_s": round(recent / self.TOKENS_WINDOW_S, 2),
@@ -364,6 +374,11 @@ class Scheduler:
             with self.lock:
                 while not self.waiting:
                     self.lock.wait()
+                # Closed-loop clients of the batch that just ended send their next requests within moments:
+                # wait for them (until `batch_window_s` after that end) rather than run a batch of one.
+                deadline = self.last_end + self.batch_window_s
+                while len(self.waiting) < self.max_running and (left := deadline - time.monotonic()) > 0:
+                    self.lock.wait(left)
                 head = self.waiting[0]
                 batch = [job for job in self.waiting if job.key == head.key][: self.max_running]
                 for job in batch:
@@ -383,6 +398,7 @@ class Scheduler:
             finally:
                 with self.lock:
                     self.running = []
+                    self.last_end = time.monotonic()
                     self.batch_seconds += (time.monotonic() - start - self.batch_seconds) / min(self.batches, 8)
 
     def _run_batch(self, batch: list[Job]) -> None:
@@ -403,8 +419,11 @@ class Scheduler:
             if all(job.cancelled.is_set() for job in batch):
                 raise Cancelled()
             if event.kind == "tokens":
+                now = time.monotonic()
                 with self.lock:
-                    self.tokens.append((time.monotonic(), len(event.token_ids)))
+                    self.tokens.append((now, len(event.token_ids)))
+                    while self.tokens[0][0] < now - self.TOKENS_WINDOW_S:  # bounded, /health polled or not
+                        self.tokens.popleft()
             job = batch[event.row]
             if job.stream and not job.cancelled.is_set():
                 rows[event.row].event(event)
@@ -451,6 +470,7 @@ class ChatServer:
         max_running: int = 4,
         max_waiting: int = 32,
         precision: dict | None = None,
+        batch_window_s: float = 0.05,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -465,7 +485,7 @@ class ChatServer:
         fill = model.generation_config.pad_token_id
         self.fill_id = fill if fill is not None else min(self.eos_ids, default=0)  # pads the engine's short rows
         self.precision = precision or {"precision": str(model.dtype).removeprefix("torch.")}
-        self.scheduler = Scheduler(self, max_running, max_waiting)
+        self.scheduler = Scheduler(self, max_running, max_waiting, batch_window_s)
 
     # -- one request --------------------------------------------------------------------------------
     def generation_kwargs(self, body: dict) -> dict:
@@ -676,6 +696,7 @@ def serve(
     max_running: int = 4,
     max_waiting: int = 32,
     precision: str = "auto",
+    batch_window_ms: int = 50,
 ) -> None:
     """Load `model_dir` in `precision` (auto|fp32|bf16) and answer on http://host:port/v1 until interrupted."""
     import uvicorn
@@ -687,6 +708,7 @@ def serve(
     server = ChatServer(
         model, tokenizer, model_id=model_dir, logits_processor=logits_processor, max_new_tokens=max_new_tokens,
         max_running=max_running, max_waiting=max_waiting, precision=choice.as_dict(),
+        batch_window_s=batch_window_ms / 1000,
     )
     print(
         f"multiverse serve: {model_dir} on http://{host}:{port}/v1 ({choice.name}: {choice.reason}; "
@@ -734,6 +756,10 @@ def main(argv: list[str] | None = None) -> int:
         help="requests that may wait beyond those; past that a request gets 503 with Retry-After (default 32)",
     )
     parser.add_argument(
+        "--batch-window-ms", type=_count(0), default=50,
+        help="right after a batch, wait this long for more requests before starting a smaller one (default 50)",
+    )
+    parser.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto",
         help="auto (default): bf16 where the device runs it natively, else fp32",
     )
@@ -751,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     serve(
         args.model, args.host, args.port, max_new_tokens=args.max_new_tokens, max_running=args.max_running,
-        max_waiting=args.max_waiting, precision=args.precision,
+        max_waiting=args.max_waiting, precision=args.precision, batch_window_ms=args.batch_window_ms,
     )
     return 0
 
