@@ -288,10 +288,11 @@ class Scheduler:
     This is the seam for the engine's admission (issue 22): `_run_batch` becomes "add the requests to the
     running engine", and a cancelled row leaves at its next step instead of when its batch does.
 
-    Why one thread with batches, not N threads each calling `generate()`: the engine switches the shared
-    model's attention implementation for the length of a call (`engine_attention` sets
-    `config._attn_implementation`), so overlapping calls would switch it back under each other; and torch
-    already spreads one call over every CPU core, so N threads would only time-slice them.
+    Why one thread with batches, not N threads each calling `generate()`: batching is what the engine is
+    built for (static batches of 8 gave 4.2x the one-at-a-time throughput on 2 dedicated cores, issue 22),
+    and it is the shape engine admission will take; threads would share mutable state (`engine_attention`
+    sets the shared `config._attn_implementation` for the length of a call). On a starved shared CPU, threads
+    measured faster (README, Serve); that is a reason to rerun on dedicated cores, not to serve that way.
     """
 
     TOKENS_WINDOW_S = 10.0
