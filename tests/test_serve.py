@@ -1,8 +1,10 @@
 """`multiverse serve`: the real server as a process on 127.0.0.1, driven by the real `openai` client.
 
-Two servers on a tiny random model saved with `save_pretrained`: the plain CLI, and one whose
-`generate()` calls get a logits processor forcing a three-path skeleton, so the answer provably went
-through fork/merge (tags in label order, parallelism > 1 in the engine's numbers).
+Servers on a tiny random model saved with `save_pretrained`: the plain CLI, one whose `generate()` calls
+get a logits processor forcing a three-path skeleton, so the answer provably went through fork/merge (tags in
+label order, parallelism > 1 in the engine's numbers), and a one-row server with a one-request queue for
+backpressure (503 + Retry-After), cancellation while waiting and /health's counts. All decode in fp32, so
+that a request batched with others gives the text it gives alone.
 """
 
 from __future__ import annotations
@@ -34,6 +36,25 @@ def test_serve_refuses_a_folder_that_is_not_a_model(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("multiverse serve:"), result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-running", "0"], "--max-running: 0 is below 1"),
+        (["--max-waiting", "-1"], "--max-waiting: -1 is below 0"),
+        (["--max-running", "many"], "'many' is not an integer"),
+        (["--precision", "fp16"], "invalid choice: 'fp16'"),
+    ],
+)
+def test_serve_refuses_bad_flags_in_one_line(tmp_path, flags, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "multiverse.cli", "serve", "--model", str(tmp_path), *flags],
+        capture_output=True, text=True, env=environment(), timeout=120, check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("multiverse serve:") and message in lines[0], result.stderr
 
 
 def environment() -> dict:
@@ -99,7 +120,24 @@ def model_dir(tmp_path_factory) -> Path:
 def plain_server(model_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("logs") / "plain.log"
-    command = [sys.executable, "-m", "multiverse.cli", "serve", "--model", str(model_dir), "--port", str(port)]
+    command = [
+        sys.executable, "-m", "multiverse.cli", "serve", "--model", str(model_dir), "--port", str(port),
+        "--precision", "fp32",
+    ]
+    process = start_server(command, port, log)
+    yield f"http://127.0.0.1:{port}", log
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def narrow_server(model_dir, tmp_path_factory):
+    """One request decoded at a time, one more may wait."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("logs") / "narrow.log"
+    command = [
+        sys.executable, "-m", "multiverse.cli", "serve", "--model", str(model_dir), "--port", str(port),
+        "--precision", "fp32", "--max-running", "1", "--max-waiting", "1",
+    ]
     process = start_server(command, port, log)
     yield f"http://127.0.0.1:{port}", log
     stop(process)
@@ -119,7 +157,7 @@ def forced_server(model_dir, tmp_path_factory):
         tokenizer = AutoTokenizer.from_pretrained({str(model_dir)!r})
         template = skeleton_template(tokenizer, {SKELETON})
         processor = LogitsProcessorList([SkeletonProcessor(template, tokenizer)])
-        serve({str(model_dir)!r}, "127.0.0.1", {port}, logits_processor=processor)
+        serve({str(model_dir)!r}, "127.0.0.1", {port}, logits_processor=processor, max_running=4, precision="fp32")
     """))
     process = start_server([sys.executable, str(launcher)], port, folder / "forced.log")
     yield f"http://127.0.0.1:{port}"
@@ -199,3 +237,124 @@ def test_two_concurrent_clients_each_get_their_own_answer(plain_server):
         t.join(timeout=300)
     assert not errors and results == {0: alone[0], 1: alone[1]}
     assert "Traceback" not in log.read_text()
+
+
+def wait_for(url: str, seconds: float = 60, **expected) -> dict:
+    """Poll /health until it shows every `expected` count; returns the last /health."""
+    deadline = time.monotonic() + seconds
+    while True:
+        counts = health(url)
+        if counts is not None and all(counts.get(k) == v for k, v in expected.items()):
+            return counts
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/health never showed {expected}: {counts}")
+        time.sleep(0.2)
+
+
+def first_content(lines) -> str:
+    """Read server-sent events until one carries text; returns that text."""
+    for line in lines:
+        if line.startswith("data: {"):
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if choices[0].get("delta", {}).get("content"):
+                return choices[0]["delta"]["content"]
+    raise AssertionError("the stream ended without text")
+
+
+@pytest.mark.slow
+def test_past_the_bound_a_request_gets_503_with_retry_after_and_health_counts(narrow_server):
+    httpx = pytest.importorskip("httpx")
+    url, log = narrow_server
+    long = {"model": "m", "messages": QUESTION, "max_tokens": 4000, "stream": True}
+    with httpx.Client(base_url=url, timeout=120) as http:
+        with http.stream("POST", "/v1/chat/completions", json=long) as running:
+            lines = running.iter_lines()  # kept: a dropped iterator closes the response
+            first_content(lines)  # decoding has begun
+            wait_for(url, running=1, waiting=0)
+            with http.stream("POST", "/v1/chat/completions", json=long) as waiting:
+                assert waiting.status_code == 200
+                wait_for(url, running=1, waiting=1)
+                refused = http.post("/v1/chat/completions", json={**long, "stream": False})
+                assert refused.status_code == 503, refused.text
+                assert int(refused.headers["Retry-After"]) >= 1
+                assert refused.json()["error"]["message"].startswith("server busy: 1 running, 1 waiting")
+            counts = wait_for(url, waiting=0, cancelled=1)  # the waiting client left: it left the queue
+            assert counts["running"] == 1, "the first request still decodes"
+        counts = wait_for(url, running=0, cancelled=2)  # its client left too: decoding stops
+        assert counts["completed"] == 0 and counts["rejected"] == 1 and counts["failed"] == 0, counts
+        answer = http.post("/v1/chat/completions", json={"model": "m", "messages": QUESTION, "max_tokens": 5})
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 5
+    counts = health(url)
+    assert counts["completed"] == 1 and counts["running"] == 0 and counts["waiting"] == 0
+    assert counts["tokens_per_s"] > 0 and counts["last_batch_cache_tokens"] > 0 and counts["rss_mb"] > 0
+    assert counts["precision"]["precision"] == "fp32" and counts["max_running"] == 1 and counts["max_waiting"] == 1
+    assert "Traceback" not in log.read_text()
+
+
+MALFORMED = [
+    b"{not json",
+    b"[1, 2]",
+    b"{}",
+    b'{"messages": "hello"}',
+    b'{"messages": [{"role": "user", "content": 5}]}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": true}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 0.5, "top_p": 2}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "stop": 5}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1.5}',
+]
+
+
+@pytest.mark.slow
+def test_malformed_bodies_get_400_in_one_line_and_the_server_stays_up(plain_server):
+    httpx = pytest.importorskip("httpx")
+    url, log = plain_server
+    before = health(url)
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for body in MALFORMED:
+            answer = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+            assert answer.status_code == 400, (body, answer.text)
+            message = answer.json()["error"]["message"]
+            assert message and "\n" not in message, (body, message)
+        good = http.post("/v1/chat/completions", json={"model": "m", "messages": QUESTION, "max_tokens": 3})
+        assert good.status_code == 200 and good.json()["choices"][0]["finish_reason"] == "length"
+    after = health(url)
+    assert after["invalid"] - before["invalid"] == len(MALFORMED)
+    assert after["completed"] - before["completed"] == 1 and after["running"] == 0 and after["failed"] == 0
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_requests_that_wait_together_decode_in_one_batch_each_with_its_own_answer(forced_server):
+    chat = client(forced_server)
+    pairs = ((1, 2), (30, 400), (5, 6))
+    questions = [[{"role": "user", "content": f"What is {a} + {b}? Think in parallel."}] for a, b in pairs]
+    alone = [chat.chat.completions.create(model="m", messages=q, max_tokens=200) for q in questions]
+    assert len({a.choices[0].message.content for a in alone}) == 3
+    busy = {"model": "m", "messages": QUESTION, "max_tokens": 300}
+    occupier = threading.Thread(target=chat.chat.completions.create, kwargs=busy)
+    occupier.start()
+    wait_for(forced_server, running=1)
+    results: dict[int, tuple] = {}
+
+    def ask(i: int) -> None:
+        results[i] = streamed(chat, model="m", messages=questions[i], max_tokens=200)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads + [occupier]:
+        t.join(timeout=300)
+    assert health(forced_server)["largest_batch"] == 3, "the three waited together and ran as one batch"
+    for i, answer in enumerate(alone):
+        text, chunks = results[i]
+        assert text == answer.choices[0].message.content, f"row {i}: streamed from a batch == alone"
+        last = chunks[-1]
+        assert last.choices[0].finish_reason == answer.choices[0].finish_reason
+        assert last.usage.completion_tokens == answer.usage.completion_tokens
+        assert last.model_extra["multiverse"] == answer.model_extra["multiverse"]
+        assert last.model_extra["multiverse"]["parallelism"] > 1.2, "it went through fork/merge"
