@@ -36,9 +36,19 @@ def check_run(out, summary, settings):
     for model in ("multiverse-model", "autoregressive-model"):
         folder = out / model
         config = json.loads((folder / "config.json").read_text())
-        assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_multiverse.MultiverseForCausalLM"
-        assert (folder / "custom_generate" / "generate.py").is_file()
+        if model == "multiverse-model":
+            assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_multiverse.MultiverseForCausalLM"
+            assert (folder / "custom_generate" / "generate.py").is_file()
+        else:  # the baseline is the base's own class: stock engines load it without remote code (issue 27)
+            assert config["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in config
+            assert not (folder / "custom_generate").exists()
         assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (folder / "README.md").read_text()
+    summary_file = json.loads((out / "summary.json").read_text())
+    for name in ("multiverse", "autoregressive"):
+        assert 0.0 <= summary_file[f"step_accuracy_{name}"] <= 1.0
+        low, high = summary_file[f"accuracy_interval_{name}"]
+        assert low <= summary_file[f"accuracy_{name}"] <= high
+    assert isinstance(summary_file["sound_baseline"], bool) and summary_file["verdict"]
 
 
 @pytest.fixture(scope="module")
