@@ -22,7 +22,7 @@ extra or wrong one each cost a unit, so a response that stops early or loops can
 Tags are removed first, so the same check serves a Multiverse response and a sequential one.
 
 Example:
-    >>> truth = "Tom: Tom has 2 bags with 9 and 3 coins. 9 + 3 = 12. Tom's total is 12.\\nSo the answer is \\\\boxed{12}."
+    >>> truth = "Tom: Tom has 2 bags with 9 and 3 coins. 9 + 3 = 12. Tom's total is 12."
     >>> check_steps("Tom: 9 + 3 = 12. Tom's total is 12.", truth)["step_units_right"]
     2
     >>> check_steps("Tom: 9 + 3 = 11. Tom's total is 11.", truth)["step_units_right"]
@@ -42,7 +42,9 @@ from modeling_multiverse.structure import TEXT, split_tags, tag_kind
 _SUM = re.compile(r"(?<![\d+\-*/=]\s)(?<![\d+\-*/=])(\d+)\s*\+\s*(\d+)\s*=\s*(\d+)(?!\d)(?!\s*[+\-*/])")
 _TOTAL = re.compile(r"\b([A-Z][a-z]+)'s total is (\d+)")
 
-STEP_FIELDS = ("sums_written", "sums_expected", "sums_right", "totals_expected", "totals_right", "step_units", "step_units_right")
+STEP_FIELDS = (
+    "sums_written", "sums_expected", "sums_right", "totals_expected", "totals_right", "step_units", "step_units_right"
+)
 """The per-problem counts `check_steps` returns (and `evaluate` stores in each record)."""
 
 

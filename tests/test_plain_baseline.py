@@ -22,17 +22,23 @@ FAST = dict(per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1, 
 
 def _records(n: int = 8) -> list[dict]:
     return [
-        {"prompt": [{"role": "user", "content": "q" * (1 + 7 * i)}], "completion": [{"role": "assistant", "content": example_response()}]}
+        {
+            "prompt": [{"role": "user", "content": "q" * (1 + 7 * i)}],
+            "completion": [{"role": "assistant", "content": example_response()}],
+        }
         for i in range(n)
     ]
 
 
-@pytest.mark.parametrize(("family", "tie", "cls"), [("llama", True, LlamaForCausalLM), ("qwen2", False, Qwen2ForCausalLM)])
+@pytest.mark.parametrize(
+    ("family", "tie", "cls"), [("llama", True, LlamaForCausalLM), ("qwen2", False, Qwen2ForCausalLM)]
+)
 def test_a_trained_baseline_loads_as_the_base_class_with_the_same_logits(tmp_path, family, tie, cls):
     model, tokenizer = tiny_model(family, tie=tie)
     out = tmp_path / "ar"
     config = MultiverseSFTConfig(output_dir=str(out), max_steps=2, max_length=300, use_cpu=True, **FAST)
-    train(RecipeArguments(recipe="autoregressive"), config, model=model, tokenizer=tokenizer, dataset=Dataset.from_list(_records()))
+    data = Dataset.from_list(_records())
+    train(RecipeArguments(recipe="autoregressive"), config, model=model, tokenizer=tokenizer, dataset=data)
     ids = tokenizer("<Think>\n<Parallel> 12 + 3 = 15", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         expected = model.eval()(ids).logits  # the trained model, before it was saved
@@ -59,7 +65,8 @@ def test_multiverse_eval_evaluates_a_plain_baseline_with_its_training_prompt(tmp
     data = tmp_path / "held_out.jsonl"
     write_jsonl(synthesize(2, seed=1, k=(2, 2), bags=(2, 2), task="most"), data)
     report_path = tmp_path / "report.json"
-    argv = ["--model", str(folder), "--data", str(data), "--max-new-tokens", "8", "--output", str(report_path), "--device", "cpu"]
+    argv = ["--model", str(folder), "--data", str(data), "--max-new-tokens", "8", "--output", str(report_path)]
+    argv += ["--device", "cpu"]
     assert eval_main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["parallel_prompt"] is True  # trained on the parallel instruction, as the Multiverse model

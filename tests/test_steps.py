@@ -91,7 +91,9 @@ def test_eval_records_carry_the_steps_and_the_report_pools_them(tmp_path):
     records, kind = load_records(path)
     assert kind == "builtin" and records[0]["sequential"] == SEQUENTIAL
     wrong = SEQUENTIAL.replace("10 + 5 = 15", "10 + 5 = 14")
-    results = [grade_record(records[0], MULTIVERSE_RIGHT, 10, 5, True, 1.0), grade_record(records[0], wrong, 10, 10, True, 1.0)]
+    results = [
+        grade_record(records[0], MULTIVERSE_RIGHT, 10, 5, True, 1.0), grade_record(records[0], wrong, 10, 10, True, 1.0)
+    ]
     report = summarize(results, kind, 1.0)
     assert report["step_accuracy"] == pytest.approx(9 / 10) and report["step_counts"]["sums_right"] == 5
     assert report["accuracy"] == 1.0  # the final answer of the wrong response is still 15

@@ -44,7 +44,9 @@ def plain_model(model: MultiverseForCausalLM) -> PreTrainedModel:
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise ValueError(f"the baseline's weights do not fit {type(plain).__name__}: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"the baseline's weights do not fit {type(plain).__name__}: missing {missing}, unexpected {unexpected}"
+        )
     if config.tie_word_embeddings:
         plain.tie_weights()
     plain.generation_config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())

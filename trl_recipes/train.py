@@ -165,7 +165,8 @@ def train(
     }
     output_dir = Path(config.output_dir)
     save_hub_ready(trainer, output_dir, recipe=recipe, base_model=base_name, training=training)
-    if recipe == "autoregressive" and isinstance(trainer.model, MultiverseForCausalLM) and trainer.accelerator.is_main_process:
+    plain = recipe == "autoregressive" and isinstance(trainer.model, MultiverseForCausalLM)
+    if plain and trainer.accelerator.is_main_process:
         from .plain import save_plain_baseline
 
         save_plain_baseline(trainer.model, output_dir)  # the base's own class: stock servers load it (issue 27)
