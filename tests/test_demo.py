@@ -5,6 +5,7 @@ and every output, in about a minute of two cores. The quick demo (`multiverse de
 """
 
 import json
+import os
 
 import pytest
 
@@ -90,3 +91,36 @@ def test_quick_demo(tmp_path):
     out = tmp_path / "run"
     settings = DemoSettings.quick()
     check_run(out, run_demo(out, settings), settings)
+
+
+def test_demo_seeds_trains_two_seeds_on_the_runs_data_and_resumes(micro_run, tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from demo_seeds import main as seeds_main
+
+    run, _ = micro_run
+    out = tmp_path / "seeds"
+    assert seeds_main(["--run", str(run), "--out", str(out), "--seeds", "1", "2"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "seeds.json").read_text())
+    assert set(result["seeds"]) == {"1", "2"} and result["settings"]["max_steps"] == MICRO.max_steps
+    for seed in ("1", "2"):
+        assert json.loads((out / f"seed-{seed}" / "settings.json").read_text())["seed"] == int(seed)
+        assert 0.0 <= result["seeds"][seed]["autoregressive"]["step_accuracy"] <= 1.0
+    accuracy = result["aggregate"]["multiverse"]["accuracy"]
+    assert accuracy["min"] <= accuracy["mean"] <= accuracy["max"] and "per-problem speedup" in printed
+    # the two seeds trained different models from the same data and base
+    weights = [(out / f"seed-{s}" / "multiverse-model" / "model.safetensors").read_bytes() for s in ("1", "2")]
+    assert weights[0] != weights[1]
+    assert seeds_main(["--run", str(run), "--out", str(out), "--seeds", "1", "2"]) == 0  # a rerun reuses every stage
+    again = capsys.readouterr().out
+    assert "reused" in again and "train-multiverse ..." not in again
+    bad = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "demo_seeds.py"), "--run", str(run), "--out", str(out),
+         "--learning-rate", "-1"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--learning-rate" in bad.stderr
