@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.baseline import engine_model
 from evaluation.grading import KINDS, extract_answer, grade, integer_reference
 from evaluation.intervals import wilson_interval
 from evaluation.steps import check_steps, step_summary
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--output {args.output} is the data file or a folder; the report needs a file of its own")
     precision = choose_precision(args.precision, args.device)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype).to(args.device).eval()
+    model = engine_model(model, tokenizer)  # a plain baseline decodes through the same engine (evaluation/baseline.py)
     parallel_prompt = is_multiverse_tokenizer(tokenizer) if args.parallel_prompt is None else args.parallel_prompt
     report = evaluate(model, tokenizer, records, kind, args.max_new_tokens, args.batch_size, parallel_prompt)
     report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt, precision=precision.as_dict())

@@ -224,10 +224,12 @@ def _evaluate(
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from evaluation.baseline import engine_model
     from evaluation.evaluate import evaluate, load_records
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = engine_model(model, tokenizer)  # the plain baseline decodes through the same engine
     records, _ = load_records(held_out, "builtin", limit)
     # both models were trained on the same prompts, the parallel instruction included
     report = evaluate(

@@ -79,3 +79,23 @@ def test_plain_model_refuses_a_plain_model():
     model, _ = tiny_model()
     with pytest.raises(TypeError, match="MultiverseForCausalLM"):
         plain_model(plain_model(model))
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_the_plain_baseline_decodes_through_the_engine_with_the_same_tokens(tie):
+    from evaluation.baseline import engine_model
+    from modeling_multiverse import MultiverseForCausalLM
+
+    model, tokenizer = tiny_model(tie=tie, seed=3)
+    model.config.multiverse_attention = False
+    plain = plain_model(model)
+    wrapped = engine_model(plain, tokenizer)
+    assert isinstance(wrapped, MultiverseForCausalLM) and wrapped.config.multiverse_attention is False
+    assert engine_model(wrapped, tokenizer) is wrapped
+    ids = tokenizer(["Tom has 2 bags", "a + b"], return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():
+        assert torch.allclose(wrapped(**ids).logits, plain(**ids).logits, atol=1e-5)
+        kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        engine = wrapped.generate(**ids, tokenizer=tokenizer, **kwargs)
+        stock = plain.generate(**ids, **kwargs)
+    assert torch.equal(engine, stock)
