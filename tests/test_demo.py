@@ -104,10 +104,12 @@ def test_demo_seeds_trains_two_seeds_on_the_runs_data_and_resumes(micro_run, tmp
 
     run, _ = micro_run
     out = tmp_path / "seeds"
-    assert seeds_main(["--run", str(run), "--out", str(out), "--seeds", "1", "2"]) == 0
+    argv = ["--run", str(run), "--out", str(out), "--seeds", "1", "2", "--n-eval", "1", "--latency-problems", "1"]
+    assert seeds_main(argv) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "seeds.json").read_text())
     assert set(result["seeds"]) == {"1", "2"} and result["settings"]["max_steps"] == MICRO.max_steps
+    assert result["settings"]["n_eval"] == 1 and json.loads((out / "seed-1" / "eval-multiverse.json").read_text())["n"] == 1
     for seed in ("1", "2"):
         assert json.loads((out / f"seed-{seed}" / "settings.json").read_text())["seed"] == int(seed)
         assert 0.0 <= result["seeds"][seed]["autoregressive"]["step_accuracy"] <= 1.0
@@ -116,7 +118,7 @@ def test_demo_seeds_trains_two_seeds_on_the_runs_data_and_resumes(micro_run, tmp
     # the two seeds trained different models from the same data and base
     weights = [(out / f"seed-{s}" / "multiverse-model" / "model.safetensors").read_bytes() for s in ("1", "2")]
     assert weights[0] != weights[1]
-    assert seeds_main(["--run", str(run), "--out", str(out), "--seeds", "1", "2"]) == 0  # a rerun reuses every stage
+    assert seeds_main(argv) == 0  # a rerun reuses every stage
     again = capsys.readouterr().out
     assert "reused" in again and "train-multiverse ..." not in again
     bad = subprocess.run(
