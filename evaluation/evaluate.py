@@ -30,8 +30,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.baseline import engine_model
 from evaluation.distributed import add_parallel_argument, load_model, run_evaluation
 from evaluation.grading import KINDS, extract_answer, grade, integer_reference
+from evaluation.intervals import wilson_interval
+from evaluation.steps import check_steps, step_summary
 from evaluation.sampling import (
     add_sampling_arguments,
     check_sampling_arguments,
@@ -101,7 +104,10 @@ def normalize_record(record: Mapping[str, Any], kind: str, index: int, where: st
     elif kind in ("aime", "builtin") and integer_reference(answer) is None:
         raise ValueError(f"{where}: {kind} answer {answer!r} is not an integer (or \\boxed{{N}})")
     record_id = record.get("id", record.get("unique_id", index))
-    return {"id": record_id, "question": question, "answer": answer, "kind": kind}
+    normalized = {"id": record_id, "question": question, "answer": answer, "kind": kind}
+    if kind == "builtin" and isinstance(record.get("sequential"), str):
+        normalized["sequential"] = record["sequential"]  # the worked solution the steps are checked against
+    return normalized
 
 
 def load_records(path: str | Path, kind: str | None = None, limit: int | None = None) -> tuple[list[dict], str]:
@@ -208,13 +214,15 @@ def trim_response(ids: Sequence[int], stop_ids: set[int]) -> tuple[list[int], bo
 def grade_record(
     record: Mapping[str, Any], response: str, tokens: int, steps: int, finished: bool, batch_time_s: float
 ) -> dict[str, Any]:
-    """One problem's result: the graded response and its decoding statistics."""
+    """One problem's result: the graded response, its step counts (built-in task) and its decoding statistics."""
+    steps_checked = check_steps(response, record["sequential"]) if record.get("sequential") else {}
     return {
         "id": record["id"],
         "answer": record["answer"],
         "predicted": extract_answer(response, record["kind"]),
         "correct": grade(response, record["answer"], record["kind"]),
         "well_formed": _well_formed(response),
+        **steps_checked,
         "finished": finished,
         "generated_tokens": tokens,
         "decode_steps": steps,
@@ -239,7 +247,9 @@ def evaluate(
     `records` are `load_records` output (`{id, question, answer, kind}`). Returns a report with
     `accuracy`, `well_formed` (fraction of responses that parse with a `<Think>` block),
     `parallelism` (mean of generated tokens / decode steps), `mean_tokens`, `wall_time_s`,
-    `tokens_per_s` and per-problem `records`. The tokenizer is left as it was given.
+    `tokens_per_s` and per-problem `records`; `accuracy_interval` (Wilson, 95%); on built-in records that
+    carry their worked solution, `step_accuracy` and its counts (`evaluation.steps`). The tokenizer is left
+    as it was given.
 
     Example:
         >>> report = evaluate(model, tokenizer, records, "math", max_new_tokens=256)  # doctest: +SKIP
@@ -274,10 +284,13 @@ def summarize(results: Sequence[Mapping[str, Any]], kind: str, wall_time_s: floa
         return sum(float(r[field]) for r in results) / n if n else 0.0
 
     total_tokens = sum(r["generated_tokens"] for r in results)
+    steps = step_summary(results) or {}
     return {
         "kind": kind,
         "n": n,
         "accuracy": mean("correct"),
+        "accuracy_interval": list(wilson_interval(sum(bool(r["correct"]) for r in results), n)),
+        **steps,
         "well_formed": mean("well_formed"),
         "finished": mean("finished"),
         "parallelism": mean("parallelism"),
@@ -289,12 +302,19 @@ def summarize(results: Sequence[Mapping[str, Any]], kind: str, wall_time_s: floa
     }
 
 
+def _interval_text(interval: Sequence[float] | None) -> str:
+    return f" (95% CI {interval[0]:.1%} to {interval[1]:.1%})" if interval else ""
+
+
 def format_summary(report: Mapping[str, Any]) -> str:
     """A small table of the report's headline numbers."""
     rows = [
         ("kind", report["kind"]),
         ("problems", report["n"]),
-        ("accuracy", f"{report['accuracy']:.1%}"),
+        ("accuracy", f"{report['accuracy']:.1%}" + _interval_text(report.get("accuracy_interval"))),
+        *([("step accuracy", f"{report['step_accuracy']:.1%} ({report['step_counts']['step_units_right']} of "
+                             f"{report['step_counts']['step_units']} sums and totals)")]
+          if "step_accuracy" in report else []),
         ("well-formed", f"{report['well_formed']:.1%}"),
         ("finished", f"{report['finished']:.1%}"),
         ("parallelism", f"{report['parallelism']:.3f}"),
@@ -350,22 +370,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # (importing modeling_multiverse registered ours)
 
-    from runtime.paths import context_length, multiverse_config, same_path, write_text_atomic
+    from runtime.paths import context_length, model_config, same_path, write_text_atomic
 
     records, kind = load_records(args.data, args.kind, args.limit)
-    config = multiverse_config(args.model, "--model")  # before loading: a plain model would load as random weights
+    config = model_config(args.model, "--model")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if config["model_type"] != "multiverse" and not is_multiverse_tokenizer(tokenizer):
+        # a plain model is evaluated only as a trained baseline: its tokenizer has the tags (SPEC 2)
+        raise ValueError(
+            f"--model {args.model} is a plain {config['model_type']!r} model without the Multiverse tags: convert it "
+            f"first with `multiverse convert --base {args.model} --out DIR` and use DIR"
+        )
     context = context_length(config)
     if context is not None and args.max_new_tokens > context:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens")
     if args.output and (same_path(args.output, args.data) or Path(args.output).is_dir()):
         raise ValueError(f"--output {args.output} is the data file or a folder; the report needs a file of its own")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
     precision = choose_precision(args.precision, args.device)
     launch = Launch.from_env()  # several processes (torchrun, accelerate launch): data or tensor parallel
     text_config = config.get("text_config") or config
     model = load_model(
         AutoModelForCausalLM, args.model, precision.dtype, args.device, launch, args.parallel, text_config
     )
+    model = engine_model(model, tokenizer)  # a plain baseline decodes through the same engine (evaluation/baseline.py)
     parallel_prompt = is_multiverse_tokenizer(tokenizer) if args.parallel_prompt is None else args.parallel_prompt
 
     def evaluate_part(part: list[dict]) -> dict[str, Any]:

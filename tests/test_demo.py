@@ -5,6 +5,7 @@ and every output, in about a minute of two cores. The quick demo (`multiverse de
 """
 
 import json
+import os
 
 import pytest
 
@@ -36,9 +37,19 @@ def check_run(out, summary, settings):
     for model in ("multiverse-model", "autoregressive-model"):
         folder = out / model
         config = json.loads((folder / "config.json").read_text())
-        assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_multiverse.MultiverseForCausalLM"
-        assert (folder / "custom_generate" / "generate.py").is_file()
+        if model == "multiverse-model":
+            assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_multiverse.MultiverseForCausalLM"
+            assert (folder / "custom_generate" / "generate.py").is_file()
+        else:  # the baseline is the base's own class: stock engines load it without remote code (issue 27)
+            assert config["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in config
+            assert not (folder / "custom_generate").exists()
         assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (folder / "README.md").read_text()
+    summary_file = json.loads((out / "summary.json").read_text())
+    for name in ("multiverse", "autoregressive"):
+        assert 0.0 <= summary_file[f"step_accuracy_{name}"] <= 1.0
+        low, high = summary_file[f"accuracy_interval_{name}"]
+        assert low <= summary_file[f"accuracy_{name}"] <= high
+    assert isinstance(summary_file["sound_baseline"], bool) and summary_file["verdict"]
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +91,38 @@ def test_quick_demo(tmp_path):
     out = tmp_path / "run"
     settings = DemoSettings.quick()
     check_run(out, run_demo(out, settings), settings)
+
+
+def test_demo_seeds_trains_two_seeds_on_the_runs_data_and_resumes(micro_run, tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from demo_seeds import main as seeds_main
+
+    run, _ = micro_run
+    out = tmp_path / "seeds"
+    argv = ["--run", str(run), "--out", str(out), "--seeds", "1", "2", "--n-eval", "1", "--latency-problems", "1"]
+    assert seeds_main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "seeds.json").read_text())
+    assert set(result["seeds"]) == {"1", "2"} and result["settings"]["max_steps"] == MICRO.max_steps
+    assert result["settings"]["n_eval"] == 1 and json.loads((out / "seed-1" / "eval-multiverse.json").read_text())["n"] == 1
+    for seed in ("1", "2"):
+        assert json.loads((out / f"seed-{seed}" / "settings.json").read_text())["seed"] == int(seed)
+        assert 0.0 <= result["seeds"][seed]["autoregressive"]["step_accuracy"] <= 1.0
+    accuracy = result["aggregate"]["multiverse"]["accuracy"]
+    assert accuracy["min"] <= accuracy["mean"] <= accuracy["max"] and "per-problem speedup" in printed
+    # the two seeds trained different models from the same data and base
+    weights = [(out / f"seed-{s}" / "multiverse-model" / "model.safetensors").read_bytes() for s in ("1", "2")]
+    assert weights[0] != weights[1]
+    assert seeds_main(argv) == 0  # a rerun reuses every stage
+    again = capsys.readouterr().out
+    assert "reused" in again and "train-multiverse ..." not in again
+    bad = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "demo_seeds.py"), "--run", str(run), "--out", str(out),
+         "--learning-rate", "-1"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--learning-rate" in bad.stderr
