@@ -224,7 +224,7 @@ def _evaluate(
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .evaluate import evaluate, load_records
+    from evaluation.evaluate import evaluate, load_records
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
