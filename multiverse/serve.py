@@ -254,6 +254,9 @@ def load(model_dir: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from runtime.paths import check_weights
+
+    check_weights(model_dir)  # a file cut short: one line naming it, before the tokenizer loads
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     dtype = "auto" if torch.cuda.is_available() else torch.float32  # CPUs without bf16 units crawl in bf16
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype)

@@ -140,7 +140,12 @@ def test_math_verify_adds_equivalences_the_normal_form_misses(predicted, referen
 
 @pytest.mark.parametrize(
     "predicted, reference",
-    [(r"(5, \infty)", r"[5, \infty)"), (r"\{1, 2\}", r"\{1, 2, 3\}"), (r"\sqrt{8}", r"3\sqrt{2}"), ("(x+1)^2", "x^2+1")],
+    [
+        (r"(5, \infty)", r"[5, \infty)"),
+        (r"\{1, 2\}", r"\{1, 2, 3\}"),
+        (r"\sqrt{8}", r"3\sqrt{2}"),
+        ("(x+1)^2", "x^2+1"),
+    ],
 )
 def test_math_verify_still_tells_different_answers_apart(predicted, reference):
     assert not math_equal(predicted, reference)
@@ -163,7 +168,11 @@ def test_aime_boxed_expressions_are_evaluated():
 
 def test_grading_from_threads_runs_math_verify_in_a_worker_process():
     """math-verify's signal.alarm raises off the main thread: a server or a trainer grades from threads."""
-    cases = [(r"\boxed{0.5}", r"\frac12", True), (r"\boxed{[0, 1)}", "[0,1]", False), (r"\boxed{2\sqrt2}", r"\sqrt8", True)]
+    cases = [
+        (r"\boxed{0.5}", r"\frac12", True),
+        (r"\boxed{[0, 1)}", "[0,1]", False),
+        (r"\boxed{2\sqrt2}", r"\sqrt8", True),
+    ]
     with ThreadPoolExecutor(2) as pool:
         verdicts = list(pool.map(lambda case: grade(case[0], case[1], "math"), cases))
     assert verdicts == [expected for *_, expected in cases]

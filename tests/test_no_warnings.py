@@ -15,6 +15,7 @@ from trl_recipes.grpo import GRPORecipeArguments, MultiverseGRPOConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trl_recipes" / "configs"
 CPU = [] if torch.cuda.is_available() else ["--bf16", "false"]  # the GPU configs ask for bf16
+SFT, GRPO = (RecipeArguments, MultiverseSFTConfig), (GRPORecipeArguments, MultiverseGRPOConfig)
 
 
 def checkpointing(config) -> tuple[bool, bool]:
@@ -49,9 +50,7 @@ def test_the_demo_builds_its_training_config_without_a_warning(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
 def test_every_yaml_config_parses_without_a_warning(name):
-    grpo = name.startswith("grpo")
-    classes = (GRPORecipeArguments, MultiverseGRPOConfig) if grpo else (RecipeArguments, MultiverseSFTConfig)
-    parser = TrlParser((*classes, MultiverseModelConfig))
+    parser = TrlParser((*(GRPO if name.startswith("grpo") else SFT), MultiverseModelConfig))
     argv = ["--config", str(CONFIGS / f"{name}.yaml"), "--model", "m", "--dataset", "d", "--output", "o", *CPU]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -60,7 +59,7 @@ def test_every_yaml_config_parses_without_a_warning(name):
     assert checkpointing(config) == (expected, expected)
 
 
-@pytest.mark.parametrize("classes", [(RecipeArguments, MultiverseSFTConfig), (GRPORecipeArguments, MultiverseGRPOConfig)])
+@pytest.mark.parametrize("classes", [SFT, GRPO])
 @pytest.mark.parametrize(
     "flags, expected",
     [
