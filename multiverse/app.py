@@ -64,6 +64,25 @@ def with_math_delimiters(text: str) -> str:
     return "".join(out)
 
 
+def text_html(text: str) -> str:
+    r"""Model text as HTML for the page's Markdown, on one line: each complete math span (and bare box) kept for
+    KaTeX; every other `$` and backslash as an entity, so that a `$` left open in one path cannot pair with one
+    in another path (Gradio finds math in the Markdown source, across HTML elements).
+
+    >>> text_html("a < $b < c$ costs $5\n")
+    'a &lt; $b &lt; c$ costs &#36;5&#10;'
+    """
+    text = with_math_delimiters(text)
+    out, start = [], 0
+    for math in [*_MATH.finditer(text), None]:
+        end = len(text) if math is None else math.start()
+        out.append(html.escape(text[start:end]).replace("$", "&#36;").replace("\\", "&#92;").replace("\n", "&#10;"))
+        if math is not None:
+            out.append(html.escape(" ".join(math.group(0).splitlines())))  # TeX reads a newline as a space
+            start = math.end()
+    return "".join(out)
+
+
 def _delimit_boxed(text: str) -> str:
     """`\\boxed{...}` with balanced braces -> `\\(\\boxed{...}\\)`; one still being written stays as it is."""
     out, start = [], 0
@@ -78,6 +97,20 @@ def _delimit_boxed(text: str) -> str:
                 start = end + 1
                 break
     return "".join(out) + text[start:]
+
+
+def reply_text(tokenizer, response: list[int]) -> str:
+    """The chat's reply: the answer after `</Think>` (the transcript shows the reasoning), all of it when there is
+    none; without special tokens, math delimited for KaTeX."""
+    from modeling_multiverse import TAGS, tag_ids_from_tokenizer
+    from modeling_multiverse.structure import THINK_END
+
+    think_end = tag_ids_from_tokenizer(tokenizer)[TAGS[THINK_END]]
+    if think_end in response:
+        answer = tokenizer.decode(response[len(response) - response[::-1].index(think_end) :], skip_special_tokens=True)
+        if answer.strip():
+            return with_math_delimiters(answer.strip())
+    return with_math_delimiters(tokenizer.decode(response, skip_special_tokens=True).strip())
 
 
 class Transcript:
@@ -130,7 +163,7 @@ class Transcript:
         for item in self.nodes[index]["items"]:
             if isinstance(item, list):
                 text = self.tokenizer.decode([i for i in item if i not in self.hidden_ids], skip_special_tokens=False)
-                parts.append(html.escape(with_math_delimiters(text)).replace("\n", "&#10;"))
+                parts.append(text_html(text))
                 continue
             block, paths = item
             columns = []
@@ -196,8 +229,7 @@ def build_demo(model, tokenizer, logits_processor=None, max_new_tokens: int = 51
         if "error" in result:
             reply = result["error"]
         else:
-            response = result["out"][0, inputs["input_ids"].shape[1] :]
-            reply = with_math_delimiters(tokenizer.decode(response, skip_special_tokens=True).strip())
+            reply = reply_text(tokenizer, result["out"][0, inputs["input_ids"].shape[1] :].tolist())
         yield [*history, {"role": "assistant", "content": reply}], transcript.html(), transcript.counter()
 
     with gr.Blocks(title="Multiverse") as demo:

@@ -2,7 +2,8 @@
 
 Two servers on a tiny random model saved with `save_pretrained`: the plain CLI, and one whose
 `generate()` calls get a logits processor forcing a three-path skeleton, so the answer provably went
-through fork/merge (tags in label order, parallelism > 1 in the engine's numbers).
+through fork/merge (tags in label order, parallelism > 1 in the engine's numbers). fastapi, uvicorn and
+openai are part of the test install (`.ci/run`): a missing one fails here, it does not skip.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import fastapi  # noqa: F401 (the server's dependency)
+import openai
 import pytest
+import uvicorn  # noqa: F401 (the server's dependency)
 from tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +131,6 @@ def forced_server(model_dir, tmp_path_factory):
 
 
 def client(url: str):
-    openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=300, max_retries=0)
 
 
@@ -141,7 +144,6 @@ QUESTION = [{"role": "user", "content": "What is 12 + 30? Think step by step and
 
 @pytest.mark.slow
 def test_streamed_and_non_streamed_chats_decode_with_fork_merge(forced_server):
-    pytest.importorskip("fastapi")
     chat = client(forced_server)
     answer = chat.chat.completions.create(model="multiverse", messages=QUESTION, max_tokens=300)
     content = answer.choices[0].message.content
