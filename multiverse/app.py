@@ -197,7 +197,9 @@ def build_demo(model, tokenizer, logits_processor=None, max_new_tokens: int = 51
             return
         history = [*history, {"role": "user", "content": question}]
         ids = encode_chat(tokenizer, [{"role": "user", "content": parallel_user_turn(question)}])
-        inputs = {"input_ids": torch.tensor([ids], device=model.device)}
+        # with its mask: transformers warns that it cannot infer one when pad and eos are the same token
+        input_ids = torch.tensor([ids], device=model.device)
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         events: queue.Queue = queue.Queue()
         transcript = Transcript(tokenizer)
         result: dict = {}

@@ -121,7 +121,9 @@ class ChatServer:
 
         # what people wrote is text: a tag typed in a message is not structure
         ids = encode_chat(self.tokenizer, [{"role": m.get("role", "user"), "content": m["content"]} for m in messages])
-        return {"input_ids": torch.tensor([ids]), **kwargs, "seed": body.get("seed")}
+        # with its mask: transformers warns that it cannot infer one when pad and eos are the same token
+        mask = torch.ones(1, len(ids), dtype=torch.long)
+        return {"input_ids": torch.tensor([ids]), "attention_mask": mask, **kwargs, "seed": body.get("seed")}
 
     def generate(self, kwargs: dict, streamer=None):
         """Runs on the inference thread."""

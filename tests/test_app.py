@@ -50,7 +50,7 @@ def test_app_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """(url, tokenizer) of the app running with the forced skeleton."""
+    """(url, tokenizer, log) of the app running with the forced skeleton."""
     folder = tmp_path_factory.mktemp("app")
     model, tokenizer = tiny_model("qwen2", seed=3)
     model.save_pretrained(folder / "model")
@@ -79,13 +79,13 @@ def app(tmp_path_factory):
     """))
     url = f"http://127.0.0.1:{port}"
     process = start_server([sys.executable, str(launcher)], port, folder / "app.log", probe=url)
-    yield url, tokenizer
+    yield url, tokenizer, folder / "app.log"
     stop(process)
 
 
 @pytest.mark.slow
 def test_paths_fill_side_by_side_in_a_real_browser(app, tmp_path):
-    app_url, tokenizer = app
+    app_url, tokenizer, log = app
     assert Path(CHROMIUM).is_file(), "apt-get install -y chromium"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
@@ -130,4 +130,6 @@ def test_paths_fill_side_by_side_in_a_real_browser(app, tmp_path):
     assert live_math >= 4 and reply_math == 2
     for text in (live_beside_math, reply_beside_math):
         assert "\\boxed" not in text and "$" not in text and "x^2" not in text
+    # the app passes its attention mask: transformers has nothing to warn about
+    assert "attention mask" not in log.read_text()
     print(f"screenshot: {shot}")
