@@ -6,7 +6,8 @@ unordered lists), read from git; the new one is this checkout's (`math_verify` f
 - `math500-shuffled`: the same solutions against another problem's answer (seeded shuffle): both should say no;
 - `traces`: the held-out responses of a Multiverse model (`../shared/traces`) against their problems' answers,
   with a third column, math-verify run on the whole response as TRL's `accuracy_reward` does;
-- `aime-solutions`: the AIME 2024/2025 solutions against their integer answers.
+- `aime-solutions`: the AIME 2024/2025 solutions against their integer answers;
+- `probes`: made-up boxed answers in forms a model writes (`PROBES`), where the graders are expected to differ.
 It prints each set's counts, then every disagreement: id, reference, predicted, old verdict, new verdict.
 
     python benchmarks/grading_agreement.py
@@ -32,6 +33,23 @@ ROOT = Path(__file__).resolve().parent.parent
 OLD_REF = "2b7a647"  # main before math-verify: the grader `multiverse eval` used until then
 
 Case = tuple[str, str, str, str]  # (id, response, reference, kind)
+
+PROBES: tuple[tuple[str, str], ...] = (  # (predicted, reference)
+    ("2^{10}", "1024"),
+    (r"\sqrt{8}", r"2\sqrt{2}"),
+    (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt{2}}{2}"),
+    ("x^2+2x+1", "(x+1)^2"),
+    (r"\{1,2\}", "1,2"),
+    (r"(1,\infty)", "x>1"),
+    ("10^{-2}", "0.01"),
+    ("0.3333333", r"\frac13"),
+    ("0.333", r"\frac13"),
+    ("50\\%", "0.5"),
+    ("0.5", r"\frac{1}{2}\%"),
+    ("3+2i", "2i+3"),
+    (r"\pi", "3.14159"),
+    ("2m", "2"),
+)
 
 
 def load_old_grader(ref: str) -> Callable[[str, str, str], bool]:
@@ -119,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     disagreements += compare("math500-shuffled", shuffled, old_grade)
     disagreements += compare("traces", trace_cases(args.shared, by_trace_id), old_grade, whole_text=True)
     disagreements += compare("aime-solutions", aime_cases(args.shared), old_grade)
+    probes = [(f"probe-{n}", f"\\boxed{{{pred}}}", ref, "math") for n, (pred, ref) in enumerate(PROBES)]
+    disagreements += compare("probes", probes, old_grade)
     print(f"{len(disagreements)} disagreements (set, id, reference, predicted, old verdict, new verdict)")
     for row in disagreements:
         print("\t".join(map(str, row)))
