@@ -46,6 +46,8 @@ def test_the_demo_builds_its_training_config_without_a_warning(tmp_path):
         )
     # off without a GPU (TRL's default is on), under both names
     assert checkpointing(config) == (torch.cuda.is_available(),) * 2
+    # no pinned memory without a GPU: torch warns when a DataLoader asks for it there
+    assert config.dataloader_pin_memory == torch.cuda.is_available()
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml")))

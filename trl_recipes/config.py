@@ -130,6 +130,8 @@ class MultiverseSFTConfig(SFTConfig):
             raise ValueError(f"--precision {self.precision} contradicts --bf16 {self.bf16}; give one of them")
         else:
             self.precision_reason = f"asked for with --bf16 {self.bf16}"
+        if device == "cpu":
+            self.dataloader_pin_memory = False  # pinning only speeds copies to a GPU; torch warns without one
         if self.bf16 and device == "cpu" and not torch.backends.mps.is_available():
             self.use_cpu = True  # transformers takes bf16 without a GPU only with use_cpu; it trains on the CPU anyway
         settle_checkpointing(self)

@@ -152,6 +152,8 @@ class MultiverseGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning only speeds copies to a GPU; torch warns without one
         if self.bf16 is None and not torch.cuda.is_available():
             self.bf16 = False
         settle_checkpointing(self)
