@@ -1,10 +1,16 @@
 """Answer extraction and grading for the evaluation tasks: MATH500, AIME, the built-in task, multiple choice.
 
 A *kind* names how a reference answer is compared with a response:
-- `math`: MATH-style answers (fractions, radicals, intervals, LaTeX); the response's last `\\boxed{}`.
-- `aime`: an integer 0-999; the response's last `\\boxed{}` (or last integer), compared as numbers.
+- `math`: MATH-style answers (fractions, radicals, intervals, sets, LaTeX); the response's last `\\boxed{}`,
+  compared with `math_verify` (the library TRL's `accuracy_reward` uses), reference first.
+- `aime`: an integer 0-999; the response's last `\\boxed{}` compared with `math_verify` (so `2^{10}` is 1024),
+  else the last integer of the final text.
 - `builtin`: the problems of `multiverse data synth`, whose final answers are `\\boxed{N}` integers.
 - `choice`: a multiple-choice letter (GPQA-style); `\\boxed{B}`, "answer is (B)", "Answer: B", ...
+
+Only the extracted answer goes to `math_verify`, never the whole response: on whole texts it credits truncated
+responses that never box an answer. `math_verify` times out with `signal.alarm`, which works on the main thread
+only; from other threads (a server, a trainer's workers) the comparison runs in a worker process with a deadline.
 
 Example:
     >>> grade("... so the total is \\\\boxed{\\\\dfrac{3}{2}}.", "\\\\frac32", "math")
@@ -16,9 +22,9 @@ Example:
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 
 from modeling_multiverse.structure import TAGS, THINK_END
+from runtime.mathverify import verify_equal
 
 KINDS: tuple[str, ...] = ("math", "aime", "builtin", "choice")
 
@@ -97,6 +103,12 @@ def _remove_text_wrappers(s: str) -> str:
     return re.sub(r"\\(?:text|textbf|mbox|mathrm|mathbf|textnormal)\s*\{([^{}]*)\}", r"\1", s)
 
 
+def _strip_units(s: str) -> str:
+    r"""Units written as words, with or without `\text{}`: "10 \text{ cm}" -> "10 ", "5 inches" -> "5"."""
+    s = re.sub(r"\\(?:text|mbox|mathrm)\s*\{\s*(?:" + _UNIT_WORDS + r")\s*\}(?:\^\{?\d\}?)?", "", s)
+    return re.sub(r"(?<=\d)\s*(?:" + _UNIT_WORDS + r")\s*$", "", s)
+
+
 def normalize_math(answer: str) -> str:
     r"""A canonical string for a MATH answer: equal strings mean equal answers (the converse is not promised).
 
@@ -113,10 +125,7 @@ def normalize_math(answer: str) -> str:
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "")
     s = s.replace("\\%", "").replace("%", "")
-    # units written as words, with or without \text{}: "10 \text{ cm}", "5 inches"
-    s = re.sub(r"\\(?:text|mbox|mathrm)\s*\{\s*(?:" + _UNIT_WORDS + r")\s*\}(?:\^\{?\d\}?)?", "", s)
-    s = _remove_text_wrappers(s)
-    s = re.sub(r"(?<=\d)\s*(?:" + _UNIT_WORDS + r")\s*$", "", s)
+    s = _strip_units(_remove_text_wrappers(_strip_units(s)))  # twice: "\text{5 inches}" has its unit inside
     # "x = 5" -> "5"; only a short name before one "=" (keeps equations like y = 2x + 3 as they are)
     if s.count("=") == 1 and re.fullmatch(r"\s*[a-zA-Z](?:_\w)?\s*", s.split("=")[0]):
         s = s.split("=")[1]
@@ -139,60 +148,23 @@ def normalize_math(answer: str) -> str:
     return s
 
 
-def _as_number(s: str) -> Fraction | None:
-    r"""Exact value of a plain number, `a/b` or `\frac{a}{b}` (optionally negative), else None."""
-    s = s.strip()
-    sign = 1
-    if s.startswith("-"):
-        sign, s = -1, s[1:]
-    match = re.fullmatch(r"\\frac\{(\d+(?:\.\d+)?)\}\{(\d+(?:\.\d+)?)\}", s)
-    try:
-        if match:
-            return sign * Fraction(match.group(1)) / Fraction(match.group(2))
-        if re.fullmatch(r"\d+(?:\.\d+)?", s):
-            return sign * Fraction(s)
-    except ZeroDivisionError:
-        return None
-    return None
-
-
-def _split_top_level(s: str) -> list[str]:
-    """Split on commas that are not inside braces or brackets ("1,-2" -> ["1", "-2"])."""
-    parts, depth, current = [], 0, ""
-    for ch in s:
-        if ch in "{([":
-            depth += 1
-        elif ch in "})]":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    return parts
+# ----------------------------------------------------------------------------------------------
+# Equivalence with math-verify
 
 
 def math_equal(predicted: str, reference: str) -> bool:
-    r"""Whether two MATH answers agree: same normal form, same exact value, or same unordered list.
+    r"""Whether two MATH answers agree: the same normal form (`normalize_math`), or equal for math-verify.
+
+    The normal form covers what math-verify does not: answers in words ("\text{Evelyn}"), units ("10 inches").
 
     >>> math_equal("0.5", r"\frac{1}{2}")
     True
     >>> math_equal("1, -2", "-2,1")
     True
     """
-    a, b = normalize_math(predicted), normalize_math(reference)
-    if a == b:
+    if normalize_math(predicted) == normalize_math(reference):
         return True
-    x, y = _as_number(a), _as_number(b)
-    if x is not None and y is not None:
-        return x == y
-    # lists of solutions ("1,-2", "3, 5, 7") are compared as sets, unless bracketed (points, intervals)
-    if "," in a and "," in b and not re.match(r"^[\[(]", a) and not re.match(r"^[\[(]", b):
-        parts_a, parts_b = _split_top_level(a), _split_top_level(b)
-        if len(parts_a) == len(parts_b) > 1:
-            return sorted(parts_a) == sorted(parts_b)
-    return False
+    return verify_equal(_strip_units(reference), _strip_units(predicted))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,12 +211,20 @@ def extract_choice(response: str, letters: str = "ABCDEFGHIJ") -> str | None:
 
 
 def extract_answer(response: str, kind: str) -> str | None:
-    """The answer a response gives, as a string (integers and letters canonicalised); None if none."""
+    r"""The answer a response gives, as a string (integers and letters canonicalised); None if none.
+
+    >>> extract_answer(r"\boxed{025}", "aime"), extract_answer(r"\boxed{2^{10}}", "aime")
+    ('25', '2^{10}')
+    """
     _check_kind(kind)
     if kind == "math":
         return last_boxed(response)
     if kind == "choice":
         return extract_choice(response)
+    boxed = last_boxed(response)
+    if kind == "aime" and boxed is not None:
+        value = integer_reference(boxed)
+        return boxed if value is None else str(value)
     value = extract_integer(response)
     return None if value is None else str(value)
 
@@ -263,18 +243,20 @@ def grade(response: str, reference: str | int, kind: str) -> bool:
     value = integer_reference(reference)
     if value is None:
         raise ValueError(f"{kind} reference answer {reference!r} is not an integer")
+    if kind == "aime" and last_boxed(response) is not None:
+        return math_equal(predicted, str(value))  # a boxed expression: "2^{10}" is 1024
     return int(predicted) == value
 
 
 def integer_reference(reference: str | int) -> int | None:
-    r"""A reference answer as an integer: "025", "\boxed{7}" and "336^\circ" (a data quirk) all count; else None.
+    r"""A reference answer as an integer: "025", "\boxed{7}", "336^\circ" (a data quirk), "(073)" all count; else None.
 
-    >>> integer_reference(r"\boxed{025}")
-    25
+    >>> integer_reference(r"\boxed{025}"), integer_reference(r"\textbf{(073)}")
+    (25, 73)
     """
     text = str(reference)
-    text = normalize_math(last_boxed(text) or text)
-    return int(text) if re.fullmatch(r"-?\d+", text) else None
+    match = re.fullmatch(r"\(?(-?\d+)\)?", normalize_math(last_boxed(text) or text))
+    return int(match.group(1)) if match else None
 
 
 def _check_kind(kind: str) -> None:

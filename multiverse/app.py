@@ -5,6 +5,8 @@ each `<Path>` gets its own column and the columns fill side by side (a nested bl
 inside its path's column); after the merge, the conclusion continues below. A live counter shows the
 tokens written, the decode steps (forward passes) and the degree of parallelism (tokens / steps,
 SPEC 8). It is built on `generate(..., branch_callback=...)` (`modeling_multiverse/streaming.py`).
+The tags stay visible (they are the structure); the tokenizer's other special tokens (end of turn, padding)
+are left out, and LaTeX (`$...$`, `\\(...\\)`, `\\[...\\]`, a bare `\\boxed{}`) is rendered by Gradio's KaTeX.
 
 Loads `runs/demo/multiverse-model` (what `multiverse demo` writes) unless `--model` names a folder.
 
@@ -18,11 +20,23 @@ from __future__ import annotations
 import argparse
 import html
 import queue
+import re
 import sys
 import threading
 from pathlib import Path
 
 DEFAULT_MODEL = "runs/demo/multiverse-model"
+
+LATEX_DELIMITERS = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "\\[", "right": "\\]", "display": True},
+    {"left": "\\(", "right": "\\)", "display": False},
+    {"left": "$", "right": "$", "display": False},
+]
+"""What KaTeX renders as math in the page (Gradio's Markdown and Chatbot), the delimiters math models write."""
+
+_MATH = re.compile(r"\$\$.*?\$\$|\\\[.*?\\\]|\\\(.*?\\\)|\$[^$]*?\$", re.DOTALL)
+_BOXED = re.compile(r"\\boxed\s*\{")
 
 CSS = """
 .mv-trunk, .mv-path-text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: ui-monospace, monospace; font-size: 13px; }
@@ -34,11 +48,80 @@ CSS = """
 """
 
 
+def with_math_delimiters(text: str) -> str:
+    r"""`text` with each `\boxed{...}` that is outside math delimiters put inside `\(...\)`, for KaTeX to render.
+
+    >>> with_math_delimiters(r"so \boxed{\frac{1}{2}} and $\boxed{3}$")
+    'so \\(\\boxed{\\frac{1}{2}}\\) and $\\boxed{3}$'
+    """
+    out, start = [], 0
+    for math in [*_MATH.finditer(text), None]:
+        end = len(text) if math is None else math.start()
+        out.append(_delimit_boxed(text[start:end]))
+        if math is not None:
+            out.append(math.group(0))
+            start = math.end()
+    return "".join(out)
+
+
+def text_html(text: str) -> str:
+    r"""Model text as HTML for the page's Markdown, on one line: each complete math span (and bare box) kept for
+    KaTeX; every other `$` and backslash as an entity, so that a `$` left open in one path cannot pair with one
+    in another path (Gradio finds math in the Markdown source, across HTML elements).
+
+    >>> text_html("a < $b < c$ costs $5\n")
+    'a &lt; $b &lt; c$ costs &#36;5&#10;'
+    """
+    text = with_math_delimiters(text)
+    out, start = [], 0
+    for math in [*_MATH.finditer(text), None]:
+        end = len(text) if math is None else math.start()
+        out.append(html.escape(text[start:end]).replace("$", "&#36;").replace("\\", "&#92;").replace("\n", "&#10;"))
+        if math is not None:
+            out.append(html.escape(" ".join(math.group(0).splitlines())))  # TeX reads a newline as a space
+            start = math.end()
+    return "".join(out)
+
+
+def _delimit_boxed(text: str) -> str:
+    """`\\boxed{...}` with balanced braces -> `\\(\\boxed{...}\\)`; one still being written stays as it is."""
+    out, start = [], 0
+    for match in _BOXED.finditer(text):
+        if match.start() < start:
+            continue  # inside a box already taken
+        depth = 0
+        for end in range(match.end() - 1, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                out += [text[start : match.start()], "\\(", text[match.start() : end + 1], "\\)"]
+                start = end + 1
+                break
+    return "".join(out) + text[start:]
+
+
+def reply_text(tokenizer, response: list[int]) -> str:
+    """The chat's reply: the answer after `</Think>` (the transcript shows the reasoning), all of it when there is
+    none; without special tokens, math delimited for KaTeX."""
+    from modeling_multiverse import TAGS, tag_ids_from_tokenizer
+    from modeling_multiverse.structure import THINK_END
+
+    think_end = tag_ids_from_tokenizer(tokenizer)[TAGS[THINK_END]]
+    if think_end in response:
+        answer = tokenizer.decode(response[len(response) - response[::-1].index(think_end) :], skip_special_tokens=True)
+        if answer.strip():
+            return with_math_delimiters(answer.strip())
+    return with_math_delimiters(tokenizer.decode(response, skip_special_tokens=True).strip())
+
+
 class Transcript:
     """The response as a tree, built from branch events: each branch's text with its blocks in place."""
 
     def __init__(self, tokenizer):
+        from modeling_multiverse import tag_ids_from_tokenizer
+
         self.tokenizer = tokenizer
+        # the tags are special tokens too, and they are what the page shows; end of turn, padding and the like are not
+        self.hidden_ids = set(tokenizer.all_special_ids) - set(tag_ids_from_tokenizer(tokenizer).values())
         self.nodes: dict[tuple, dict] = {(): self._node(())}
         self.generated = 0
         self.steps = 0
@@ -74,11 +157,13 @@ class Transcript:
         )
 
     def html(self, index: tuple = ()) -> str:
+        """The transcript as HTML on one line (newlines as `&#10;`): Gradio's Markdown passes one HTML block through
+        untouched, so the model's `*` or `#` stay text, and KaTeX then renders the math in it."""
         parts = []
         for item in self.nodes[index]["items"]:
             if isinstance(item, list):
-                text = self.tokenizer.decode(item, skip_special_tokens=False)
-                parts.append(html.escape(text))
+                text = self.tokenizer.decode([i for i in item if i not in self.hidden_ids], skip_special_tokens=False)
+                parts.append(text_html(text))
                 continue
             block, paths = item
             columns = []
@@ -90,7 +175,7 @@ class Transcript:
                 live = "" if node["done"] else " mv-live"
                 label = html.escape(node["path"][-1])
                 columns.append(
-                    f"<div class='mv-path{live}' data-label='{label}'><div class='mv-label'>Path {label}</div>"
+                    f"<div class='mv-path{live}'><div class='mv-label'>Path {label}</div>"
                     f"<div class='mv-path-text'>{self.html(child)}</div></div>"
                 )
             parts.append(f"<div class='mv-block'>{''.join(columns)}</div>")
@@ -112,7 +197,9 @@ def build_demo(model, tokenizer, logits_processor=None, max_new_tokens: int = 51
             return
         history = [*history, {"role": "user", "content": question}]
         ids = prompt_ids(tokenizer, question)
-        inputs = {"input_ids": torch.tensor([ids], device=model.device)}
+        # with its mask: transformers warns that it cannot infer one when pad and eos are the same token
+        input_ids = torch.tensor([ids], device=model.device)
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         events: queue.Queue = queue.Queue()
         transcript = Transcript(tokenizer)
         result: dict = {}
@@ -144,8 +231,7 @@ def build_demo(model, tokenizer, logits_processor=None, max_new_tokens: int = 51
         if "error" in result:
             reply = result["error"]
         else:
-            response = result["out"][0, inputs["input_ids"].shape[1] :]
-            reply = tokenizer.decode(response, skip_special_tokens=True).strip()
+            reply = reply_text(tokenizer, result["out"][0, inputs["input_ids"].shape[1] :].tolist())
         yield [*history, {"role": "assistant", "content": reply}], transcript.html(), transcript.counter()
 
     with gr.Blocks(title="Multiverse") as demo:
@@ -153,12 +239,12 @@ def build_demo(model, tokenizer, logits_processor=None, max_new_tokens: int = 51
             "## Multiverse: parallel paths, merged\nThe model writes its reasoning; when it forks, "
             "each path gets a column and they are decoded side by side, then merged into a conclusion."
         )
-        chatbot = gr.Chatbot(label="Chat", height=220)
+        chatbot = gr.Chatbot(label="Chat", height=220, latex_delimiters=LATEX_DELIMITERS)
         with gr.Row():
             question = gr.Textbox(placeholder="Ask a question", show_label=False, scale=8, elem_id="mv-question")
             send = gr.Button("Send", variant="primary", scale=1, elem_id="mv-send")
         counter = gr.HTML("<div class='mv-counter'>tokens 0 · decode steps 0 · degree of parallelism 0.00</div>")
-        live = gr.HTML("", elem_id="mv-live")
+        live = gr.Markdown("", elem_id="mv-live", latex_delimiters=LATEX_DELIMITERS)
         for trigger in (question.submit, send.click):
             trigger(answer, [question, chatbot], [chatbot, live, counter]).then(lambda: "", None, question)
     return demo

@@ -8,6 +8,9 @@ by changing what they gave: it prints one line on stderr, `multiverse <command>:
 - `ValueError`: a bad value, file content or structure (`StructureError`, `JsonlError`, a Hub id error, ...);
 - `OSError`: a missing, unreadable or unwritable path, a busy output, or a network failure (`ConnectionError`,
   the curator's `BackendUnavailable`, the Hub's HTTP errors).
+- `SafetensorError`: a weights file that is not whole (`runtime.paths.check_weights` names the file first);
+- anything raised while `from_pretrained` loads a model, tokenizer or config: the folder's files disagree (weights
+  of another size than config.json says, a value out of its range), and the line names what was being loaded.
 Anything else (a `RuntimeError` from torch, a `KeyError`, ...) is a bug or an environment problem and keeps its
 traceback. `--debug` before the command (or after it, except for `train`, whose `--debug` is TRL's), or
 `MULTIVERSE_DEBUG=1`, shows the traceback of expected errors too. Argument errors exit 2 through argparse.
@@ -19,6 +22,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
+
+from safetensors import SafetensorError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("multiverse.convert", "turn a Qwen2/Llama base (or the embedded SmolLM2) into a Multiverse model folder"),
@@ -34,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("multiverse.app", "a Gradio app that shows the paths being written side by side"),
 }
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, SafetensorError)
 """What a user can fix by changing their input: reported in one line, exit status 2 (see the module doc)."""
 
 USAGE_ERROR = 2
@@ -53,6 +59,18 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in text:
         text = f"{error.filename}: {text}"
     return text or type(error).__name__
+
+
+def loading_source(error: BaseException) -> str | None:
+    """What a `from_pretrained` call was loading when `error` was raised inside it (the outermost call), else None.
+
+    transformers' `from_pretrained` methods (models, configs, tokenizers) all name their first argument
+    `pretrained_model_name_or_path`: the folder or Hub id.
+    """
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_name == "from_pretrained" and "pretrained_model_name_or_path" in frame.f_locals:
+            return str(frame.f_locals["pretrained_model_name_or_path"])
+    return None
 
 
 def _quiet_closed_pipe() -> int:
@@ -87,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"multiverse {command}: interrupted", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as error:
-        if debug:
+    except Exception as error:
+        source = loading_source(error)
+        if debug or (source is None and not isinstance(error, EXPECTED_ERRORS)):
             raise
-        print(f"multiverse {command}: {one_line(error)}", file=sys.stderr)
+        text = one_line(error)
+        if source is not None and source not in text:
+            text = f"cannot load {source}: {text}"
+        print(f"multiverse {command}: {text}", file=sys.stderr)
         return USAGE_ERROR
 
 

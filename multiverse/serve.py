@@ -515,7 +515,9 @@ class ChatServer:
 
         # what people wrote is text: a tag typed in a message is not structure
         ids = encode_chat(self.tokenizer, [{"role": m.get("role", "user"), "content": m["content"]} for m in messages])
-        return {"input_ids": torch.tensor([ids]), **kwargs, "seed": body.get("seed")}
+        # with its mask: transformers warns that it cannot infer one when pad and eos are the same token
+        mask = torch.ones(1, len(ids), dtype=torch.long)
+        return {"input_ids": torch.tensor([ids]), "attention_mask": mask, **kwargs, "seed": body.get("seed")}
 
     def generate(self, kwargs: dict, streamer=None, branch_callback=None):
         """Runs on the inference thread: one `generate()` call (one prompt, or a batch with `attention_mask`)."""
@@ -679,6 +681,9 @@ def load(model_dir: str, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from runtime.paths import check_weights
+
+    check_weights(model_dir)  # a file cut short: one line naming it, before the tokenizer loads
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     if dtype is None:
         dtype = "auto" if torch.cuda.is_available() else torch.float32  # CPUs without bf16 units crawl in bf16

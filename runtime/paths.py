@@ -61,9 +61,32 @@ def model_config(name: str | os.PathLike, flag: str) -> dict:
         raise ValueError(f"{config_path}: not valid JSON ({err})") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ValueError(f"{config_path}: no model_type: not a transformers model config")
+    if not isinstance(config.get("text_config") or {}, dict):
+        raise ValueError(f"{config_path}: text_config is {config['text_config']!r}, expected an object")
     if not any((folder / file).is_file() for file in TOKENIZER_FILES):
         raise FileNotFoundError(f"{flag} {name}: the folder has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])})")
+    check_weights(folder)
     return config
+
+
+def check_weights(folder: str | os.PathLike) -> None:
+    """Refuse a folder whose `.safetensors` files cannot load (cut short, or not safetensors), naming the file.
+
+    Reads each file's header only (safetensors checks that the tensors it lists fit in the file), so it costs
+    milliseconds where loading would fail with a `SafetensorError` that names no file.
+
+    >>> check_weights("runs/demo/multiverse-model")  # doctest: +SKIP
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(folder).expanduser().glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except SafetensorError as err:
+            raise ValueError(
+                f"{path}: not a whole safetensors file, cut short or damaged ({err}); save or download it again"
+            ) from None
 
 
 def multiverse_config(name: str | os.PathLike, flag: str) -> dict:
@@ -74,6 +97,14 @@ def multiverse_config(name: str | os.PathLike, flag: str) -> dict:
             f"{flag} {name} is a plain {config['model_type']!r} model, not a Multiverse model: convert it first with "
             f"`multiverse convert --base {name} --out DIR` and use DIR"
         )
+    tag_ids = config.get("tag_token_ids")
+    if tag_ids is not None:
+        from modeling_multiverse.structure import TAGS
+
+        missing = [tag for tag in TAGS if not isinstance(tag_ids, dict) or not isinstance(tag_ids.get(tag), int)]
+        if missing:
+            where = Path(name).expanduser() / "config.json" if is_local(name, flag) else f"{flag} {name}"
+            raise ValueError(f"{where}: tag_token_ids has no token id for {', '.join(missing)}")
     return config
 
 

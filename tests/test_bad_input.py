@@ -688,6 +688,91 @@ def test_push_without_network_is_one_line(capsys, tmp_path, folders, monkeypatch
 
 
 # ---------------------------------------------------------------------------------------------
+# Damaged model folders: weights cut short, a config.json that does not fit them (issue 23)
+
+
+def _damaged(folders, tmp_path: Path, name: str) -> Path:
+    """A copy of the tiny Multiverse model, damaged the way `name` says."""
+    folder = tmp_path / name
+    shutil.copytree(folders["multiverse"], folder)
+    weights, config_path = folder / "model.safetensors", folder / "config.json"
+    config = json.loads(config_path.read_text())
+    if name == "truncated":  # a download or a save that stopped half way
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif name == "empty-weights":
+        weights.write_bytes(b"")
+    elif name == "wrong-type":
+        config["text_config"]["vocab_size"] = "many"
+    elif name == "heads":
+        config["text_config"]["num_attention_heads"] = 3  # the hidden size (64) is not a multiple of it
+    elif name == "wider":
+        config["text_config"]["hidden_size"] *= 2  # the weights have the old size
+    elif name == "tag-ids":
+        config["tag_token_ids"] = {"<Think>": 5}
+    config_path.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["truncated", "empty-weights"])
+def test_weights_cut_short_name_the_file_for_every_command_loading_a_model(capsys, tmp_path, folders, problems, name):
+    folder = _damaged(folders, tmp_path, name)
+    weights = str(folder / "model.safetensors")
+    refused(run(capsys, "generate", "--model", folder, "--prompt", "hi"), weights, "not a whole safetensors file")
+    refused(run(capsys, "eval", "--model", folder, "--data", _task(tmp_path)), weights)
+    refused(run(capsys, "train", "--model", folder, "--dataset", problems, "--output", tmp_path / "out"), weights)
+    grpo = ["train", "--recipe", "grpo", "--model", folder, "--dataset", problems, "--output", tmp_path / "out"]
+    refused(run(capsys, *grpo), weights)
+    refused(run(capsys, "serve", "--model", folder, "--port", str(_closed_port())), weights)
+    refused(run(capsys, "app", "--model", folder, "--port", str(_closed_port())), weights)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("wrong-type", ["vocab_size", "expected int"]),
+        ("heads", ["not a multiple of the number of attention heads"]),
+        ("tag-ids", ["config.json", "tag_token_ids", "</Think>"]),
+    ],
+)
+def test_a_config_json_with_bad_values_is_one_line(capsys, tmp_path, folders, name, words):
+    folder = _damaged(folders, tmp_path, name)
+    refused(run(capsys, "generate", "--model", folder, "--prompt", "hi"), str(folder), *words)
+    refused(run(capsys, "eval", "--model", folder, "--data", _task(tmp_path)), str(folder), *words)
+
+
+def test_weights_of_another_size_than_the_config_end_with_one_line_naming_the_folder(capsys, tmp_path, folders):
+    code, _, err = run(capsys, "generate", "--model", _damaged(folders, tmp_path, "wider"), "--prompt", "hi")
+    # transformers prints its load report (which weights mismatch) first; the last line says what failed
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"multiverse generate: cannot load {tmp_path / 'wider'}: ")
+
+
+def test_any_command_loading_a_damaged_folder_gets_one_line(capsys, tmp_path, folders, monkeypatch):
+    """The boundary itself: an error raised inside `from_pretrained` (here one that skips the weights check)."""
+    import multiverse.inspect_cmd
+    from transformers import AutoModelForCausalLM
+
+    folder = _damaged(folders, tmp_path, "truncated")
+    monkeypatch.setattr(multiverse.inspect_cmd, "main", lambda argv: AutoModelForCausalLM.from_pretrained(folder))
+    line = refused(run(capsys, "inspect", "x.jsonl"), f"cannot load {folder}", "incomplete metadata")
+    assert line.startswith("multiverse inspect: ")
+    with pytest.raises(Exception, match="incomplete metadata"):
+        main(["--debug", "inspect", "x.jsonl"])
+
+
+def test_a_damaged_folder_fails_as_a_process_without_a_traceback(tmp_path, folders):
+    folder = _damaged(folders, tmp_path, "truncated")
+    command = [sys.executable, "-m", "multiverse.cli", "generate", "--model", str(folder), "--prompt", "hi"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 2
+    weights = folder / "model.safetensors"
+    assert result.stderr.startswith(f"multiverse generate: {weights}: not a whole safetensors file")
+    assert len(result.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
 # The Python API
 
 

@@ -1,10 +1,14 @@
-"""Graders on known answers: the shared MATH500 and AIME files, multiple choice, the built-in task."""
+"""Graders on known answers: the shared MATH500 and AIME files, multiple choice, the built-in task, math-verify."""
 
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from math_verify import parse, verify
 
 from evaluation.grading import (
+    extract_answer,
     extract_choice,
     extract_integer,
     grade,
@@ -13,7 +17,9 @@ from evaluation.grading import (
     math_equal,
     normalize_math,
 )
+from runtime import mathverify
 from runtime.jsonl import iter_jsonl
+from runtime.mathverify import verify_equal
 
 
 def read_jsonl(path):
@@ -110,3 +116,76 @@ def test_builtin_and_integer_answers():
         grade(r"\boxed{3}", "three", "aime")
     with pytest.raises(ValueError, match="unknown answer kind"):
         grade("x", "y", "gsm8k")
+
+
+@pytest.mark.parametrize(
+    "predicted, reference",
+    [
+        ("0.5", r"\frac{1}{2}"),
+        (r"\dfrac{\sqrt{3}}{2}", r"\frac{1}{2}\sqrt{3}"),
+        (r"\sqrt{8}", r"2\sqrt{2}"),
+        ("2^{10}", "1024"),
+        (r"(5, \infty) \cup (-\infty, -1]", r"(-\infty,-1] \cup (5,\infty)"),
+        (r"\{3, 1, 2\}", r"\{1,2,3\}"),
+        ("x^2+2x+1", "(x+1)^2"),
+        (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt2}{2}"),
+    ],
+)
+def test_math_verify_adds_equivalences_the_normal_form_misses(predicted, reference):
+    """Each pair was graded wrong before math-verify: different normal forms, not plain numbers or lists."""
+    assert normalize_math(predicted) != normalize_math(reference)
+    assert math_equal(predicted, reference)
+    assert grade(f"<Think>\nwork\n</Think>\nSo $\\boxed{{{predicted}}}$.", reference, "math")
+
+
+@pytest.mark.parametrize(
+    "predicted, reference",
+    [
+        (r"(5, \infty)", r"[5, \infty)"),
+        (r"\{1, 2\}", r"\{1, 2, 3\}"),
+        (r"\sqrt{8}", r"3\sqrt{2}"),
+        ("(x+1)^2", "x^2+1"),
+    ],
+)
+def test_math_verify_still_tells_different_answers_apart(predicted, reference):
+    assert not math_equal(predicted, reference)
+
+
+def test_a_truncated_response_without_a_boxed_answer_is_not_credited():
+    truncated = "<Think>\n<Parallel>\n<Path>\n1: x = 1/2 works, so the answer is $\\frac{1}{2}$. Let me check"
+    # math-verify on the whole text credits it (it finds the last formula); our extraction wants a final \boxed{}
+    assert verify(parse("$\\frac{1}{2}$"), parse(truncated))
+    assert not grade(truncated, r"\frac{1}{2}", "math")
+    assert extract_answer(truncated, "math") is None
+
+
+def test_aime_boxed_expressions_are_evaluated():
+    assert grade(r"<Think>2^10</Think>\boxed{2^{10}}", "1024", "aime")  # used to read the last integer: 10
+    assert extract_answer(r"\boxed{2^{10}}", "aime") == "2^{10}"
+    assert extract_answer(r"\boxed{\textbf{(073)}}", "aime") == "73"
+    assert not grade(r"\boxed{2^{9}}", "1024", "aime")
+
+
+def test_grading_from_threads_runs_math_verify_in_a_worker_process():
+    """math-verify's signal.alarm raises off the main thread: a server or a trainer grades from threads."""
+    cases = [
+        (r"\boxed{0.5}", r"\frac12", True),
+        (r"\boxed{[0, 1)}", "[0,1]", False),
+        (r"\boxed{2\sqrt2}", r"\sqrt8", True),
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        verdicts = list(pool.map(lambda case: grade(case[0], case[1], "math"), cases))
+    assert verdicts == [expected for *_, expected in cases]
+
+
+def test_a_comparison_past_its_deadline_is_false_and_the_worker_is_replaced():
+    def run(function, *args):
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(function, *args).result()
+
+    assert run(verify_equal, "1024", "2^{10}")  # starts the worker
+    start = time.monotonic()
+    # math-verify's alarm (2 s) would end this comparison; the deadline (0.5 s) comes first and kills the worker
+    assert not run(mathverify._verify_in_worker, "5", "10^{10^{10^{10}}}", 2, 0.5)
+    assert time.monotonic() - start < 30
+    assert run(verify_equal, r"\frac{1}{2}", "0.5")  # a new worker

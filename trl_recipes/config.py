@@ -13,14 +13,44 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
+from transformers import TrainingArguments
 from trl import ModelConfig, SFTConfig
 
 from runtime.precision import PRECISIONS, choose_precision
 
 from .data import RECIPES
+
+
+HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in {f.name for f in fields(TrainingArguments)}
+"""Whether the installed transformers names checkpointing `activation_checkpointing` (newer 5.x releases; setting
+the old `gradient_checkpointing` there warns that it is deprecated). 5.17, the floor, has only the old name."""
+
+CHECKPOINTING_HELP = "Activation (gradient) checkpointing; default: on when a GPU is present."
+OLD_CHECKPOINTING_HELP = "Old name of --activation_checkpointing, taken by every supported transformers."
+
+
+def settle_checkpointing(config: Any) -> None:
+    """Settles a config's checkpointing under the name the installed transformers reads, before its `__post_init__`.
+
+    Either name may be given (configs and flags written for old or new releases); `activation_checkpointing`
+    wins. Unset, it is on where a GPU is present (TRL turns it on everywhere; on CPU it only slows training).
+
+    >>> config = MultiverseSFTConfig(output_dir="o", gradient_checkpointing=False)  # calls settle_checkpointing
+    >>> config.activation_checkpointing, config.gradient_checkpointing
+    (False, False)
+    """
+    value = config.activation_checkpointing
+    if value is None:
+        value = config.gradient_checkpointing
+    if value is None:
+        value = torch.cuda.is_available()
+    config.activation_checkpointing = value
+    # transformers warns when the old name is set on a release that has the new one (it mirrors it back after)
+    config.gradient_checkpointing = None if HAS_ACTIVATION_CHECKPOINTING else value
 
 
 @dataclass
@@ -64,8 +94,7 @@ class RecipeArguments:
 class MultiverseSFTConfig(SFTConfig):
     """SFTConfig with `--output` for `--output_dir`, the defaults `MultiverseSFTTrainer` needs (the structure
     columns kept for the collator, TRL's dataset preparation skipped: `prepare_dataset` did it), `--precision`
-    choosing bf16 by the hardware, and gradient checkpointing off on machines without a GPU (TRL turns it on by
-    default; on CPU it only slows training down).
+    choosing bf16 by the hardware, and activation checkpointing off on machines without a GPU (`settle_checkpointing`).
 
     `--precision auto` (the default) trains in bf16 mixed precision only where the device runs bf16 natively
     (a CUDA GPU with bf16, or a CPU where oneDNN reports bf16) and in fp32 elsewhere: emulated bf16 is tens of
@@ -85,9 +114,9 @@ class MultiverseSFTConfig(SFTConfig):
         metadata={"help": "auto: bf16 where the hardware runs it natively, else fp32; or fp32 / bf16.", "choices": list(PRECISIONS)},
     )
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: from --precision."})
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Gradient checkpointing; default: on when a GPU is present."}
-    )
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": OLD_CHECKPOINTING_HELP})
+    if not HAS_ACTIVATION_CHECKPOINTING:  # transformers 5.17: take the new name too, so one config fits all releases
+        activation_checkpointing: bool | None = field(default=None, metadata={"help": CHECKPOINTING_HELP})
     precision_reason: str = field(default="", init=False, metadata={"help": "Why training runs in this precision."})
 
     def __post_init__(self):
@@ -101,10 +130,11 @@ class MultiverseSFTConfig(SFTConfig):
             raise ValueError(f"--precision {self.precision} contradicts --bf16 {self.bf16}; give one of them")
         else:
             self.precision_reason = f"asked for with --bf16 {self.bf16}"
+        if device == "cpu":
+            self.dataloader_pin_memory = False  # pinning only speeds copies to a GPU; torch warns without one
         if self.bf16 and device == "cpu" and not torch.backends.mps.is_available():
             self.use_cpu = True  # transformers takes bf16 without a GPU only with use_cpu; it trains on the CPU anyway
-        if self.gradient_checkpointing is None:
-            self.gradient_checkpointing = torch.cuda.is_available()
+        settle_checkpointing(self)
         super().__post_init__()
 
 

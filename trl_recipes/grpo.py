@@ -43,7 +43,13 @@ from trl import GRPOConfig, TrlParser, get_peft_config
 from evaluation.grading import KINDS
 from modeling_multiverse.generation import ENGINE_DEFAULTS
 
-from .config import MultiverseModelConfig
+from .config import (
+    CHECKPOINTING_HELP,
+    HAS_ACTIVATION_CHECKPOINTING,
+    OLD_CHECKPOINTING_HELP,
+    MultiverseModelConfig,
+    settle_checkpointing,
+)
 from .export import save_hub_ready
 from .loading import check_paths, hub_base, load_model
 from .problems import PROMPTLESS_KIND, load_problems
@@ -109,7 +115,7 @@ class GRPORecipeArguments:
 
 @dataclass
 class MultiverseGRPOConfig(GRPOConfig):
-    """GRPOConfig with `--output`, bf16 / gradient checkpointing off without a GPU, and mean-centred advantages."""
+    """GRPOConfig with `--output`, bf16 / activation checkpointing off without a GPU, and mean-centred advantages."""
 
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the trained model goes.", "aliases": ["--output"]}
@@ -117,18 +123,19 @@ class MultiverseGRPOConfig(GRPOConfig):
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 mixed precision; default: on when a GPU is present."}
     )
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Gradient checkpointing; default: on when a GPU is present."}
-    )
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": OLD_CHECKPOINTING_HELP})
+    if not HAS_ACTIVATION_CHECKPOINTING:  # transformers 5.17: take the new name too, so one config fits all releases
+        activation_checkpointing: bool | None = field(default=None, metadata={"help": CHECKPOINTING_HELP})
     scale_rewards: str = field(
         default="none", metadata={"help": "none (mean-centre only, as P-GRPO), group or batch (divide by the std)."}
     )
 
     def __post_init__(self):
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning only speeds copies to a GPU; torch warns without one
         if self.bf16 is None and not torch.cuda.is_available():
             self.bf16 = False
-        if self.gradient_checkpointing is None:
-            self.gradient_checkpointing = torch.cuda.is_available()
+        settle_checkpointing(self)
         super().__post_init__()
 
 
