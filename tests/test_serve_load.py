@@ -46,8 +46,6 @@ def test_bad_arguments_are_one_line_and_exit_2(args, message):
 
 @pytest.mark.slow
 def test_a_tiny_run_measures_both_servers_and_passes_the_fault_checks(tmp_path):
-    pytest.importorskip("fastapi")
-    pytest.importorskip("openai")
     model, tokenizer = tiny_model("qwen2", seed=3)
     model.save_pretrained(tmp_path / "multiverse")
     tokenizer.save_pretrained(tmp_path / "multiverse")
