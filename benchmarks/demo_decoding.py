@@ -27,8 +27,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modeling_multiverse.decode_attention import ENGINE_SDPA  # noqa: E402
 from evaluation.evaluate import encode_prompts, load_records  # noqa: E402
+from modeling_multiverse.decode_attention import ENGINE_SDPA  # noqa: E402
 
 
 def load(folder: Path):

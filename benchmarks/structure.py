@@ -33,9 +33,20 @@ TEXT_TOKEN_RANGE = 1000  # text tokens are ids 0..999; tag k is id 1000 + k
 def synthetic_kinds(length: int, seed: int = 0, max_depth: int = 3) -> list[int]:
     """Kinds (tag index or -1) of a `<Think>` response with many random nested blocks, cut at `length`."""
     from modeling_multiverse.structure import (
-        CONCLUSION, CONCLUSION_END, GOAL, GOAL_END, OUTLINE, OUTLINE_END, PARALLEL, PARALLEL_END,
-        PATH, PATH_END, TEXT, THINK, THINK_END,
-    )  # fmt: skip
+        CONCLUSION,
+        CONCLUSION_END,
+        GOAL,
+        GOAL_END,
+        OUTLINE,
+        OUTLINE_END,
+        PARALLEL,
+        PARALLEL_END,
+        PATH,
+        PATH_END,
+        TEXT,
+        THINK,
+        THINK_END,
+    )
 
     rng = random.Random(seed)
     kinds: list[int] = [THINK]

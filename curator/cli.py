@@ -15,7 +15,6 @@ import math
 from .pipeline import curate_file, format_summary
 from .validate import DEFAULT_MIN_COVERAGE
 
-
 MAX_WORKERS = 256  # threads, each holding a request: more only exhausts the machine or the server
 
 

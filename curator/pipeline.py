@@ -26,9 +26,9 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from modeling_multiverse.structure import TAGS, split_tags
 from runtime.jsonl import JsonlError, iter_jsonl
 from runtime.paths import same_path
-from modeling_multiverse.structure import TAGS, split_tags
 
 from .backends import BackendError, BackendUnavailable
 from .plan import Plan, iter_blocks, render_response, split_answer, split_chain

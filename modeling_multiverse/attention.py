@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .structure import TagIds, TokenStructure, kinds_of_ids, parse_kinds, PARALLEL, TEXT
+from .structure import PARALLEL, TEXT, TagIds, TokenStructure, kinds_of_ids, parse_kinds
 
 try:  # flex_attention is optional: CPU-only or older builds fall back to dense masks
     from torch.nn.attention.flex_attention import BlockMask

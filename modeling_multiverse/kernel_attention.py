@@ -28,7 +28,14 @@ from torch import nn
 from .attention import MULTIVERSE_KERNEL_ATTENTION, dense_mask
 
 try:  # optional: the file ships as Hub remote code, where `kernels` may be absent
-    from kernels import LayerRepository, LocalLayerRepository, Mode, kernelize, use_kernel_forward_from_hub, use_kernel_mapping
+    from kernels import (
+        LayerRepository,
+        LocalLayerRepository,
+        Mode,
+        kernelize,
+        use_kernel_forward_from_hub,
+        use_kernel_mapping,
+    )
 except ImportError:
     kernelize = None
 

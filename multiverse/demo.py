@@ -111,7 +111,6 @@ def run_demo(out: str | Path, settings: DemoSettings) -> dict:
     from curator.export import to_datasets
     from curator.pipeline import curate_file
     from curator.synth import synthesize, write_jsonl
-
     from runtime.precision import choose_precision
 
     from .convert import convert

@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 
 import yaml
-
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from huggingface_hub import errors as hub_errors
 from huggingface_hub.errors import HfHubHTTPError

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 
 from hypothesis import strategies as st
-
 from reference import KIND, TAG_NAMES, TEXT
 
 _TAG = re.compile("(" + "|".join(re.escape(t) for t in TAG_NAMES) + ")")

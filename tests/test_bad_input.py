@@ -750,8 +750,9 @@ def test_weights_of_another_size_than_the_config_end_with_one_line_naming_the_fo
 
 def test_any_command_loading_a_damaged_folder_gets_one_line(capsys, tmp_path, folders, monkeypatch):
     """The boundary itself: an error raised inside `from_pretrained` (here one that skips the weights check)."""
-    import multiverse.inspect_cmd
     from transformers import AutoModelForCausalLM
+
+    import multiverse.inspect_cmd
 
     folder = _damaged(folders, tmp_path, "truncated")
     monkeypatch.setattr(multiverse.inspect_cmd, "main", lambda argv: AutoModelForCausalLM.from_pretrained(folder))

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from tiny import tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, Qwen2Config
 
 from modeling_multiverse import TAGS, MultiverseForCausalLM, tag_ids_from_tokenizer
 from multiverse.convert import convert, main
-from tiny import tiny_tokenizer
 
 
 def save_base(folder, family: str, tie: bool = False):

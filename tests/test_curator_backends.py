@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-
 # ----------------------------------------------------------------------------------------------
 # The server (runs in its own process)
 

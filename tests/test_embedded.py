@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from reference import path_ancestry, reference_additive_mask, reference_allowed, reference_positions
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modeling_multiverse import TAGS, format_parallel, format_response
-from reference import path_ancestry, reference_additive_mask, reference_allowed, reference_positions
 
 
 @pytest.fixture(scope="module")

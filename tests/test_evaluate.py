@@ -8,8 +8,6 @@ import torch
 from tiny import example_response, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from modeling_multiverse import PARALLEL_INSTRUCTION, user_turn
-from modeling_multiverse.generation import MultiverseGenerateOutput
 from evaluation.evaluate import (
     detect_kind,
     evaluate,
@@ -20,6 +18,8 @@ from evaluation.evaluate import (
     main,
     summarize,
 )
+from modeling_multiverse import PARALLEL_INSTRUCTION, user_turn
+from modeling_multiverse.generation import MultiverseGenerateOutput
 
 CHOICE_RECORDS = [
     {"question": "Which planet is largest?", "choices": ["Mars", "Jupiter", "Venus", "Mercury"], "answer": "B"},

@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from reference import reference_positions
+from tiny import example_response, tiny_model
 
 from modeling_multiverse import StructureError, parse_text
 from multiverse.inspect_cmd import main
-from reference import reference_positions
-from tiny import example_response, tiny_model
 
 TRACES = "traces/math500_multiverse_responses.jsonl"
 
@@ -44,8 +44,8 @@ def test_every_trace_gets_an_answer_and_most_are_valid(shared_dir, trace_reports
 
 
 def test_structural_ideal_matches_an_independent_computation(shared_dir, trace_reports):
-    from multiverse.embedded import load_embedded_tokenizer
     from modeling_multiverse import TAGS, add_tag_tokens
+    from multiverse.embedded import load_embedded_tokenizer
 
     reports, summary = trace_reports
     tokenizer = load_embedded_tokenizer()

@@ -19,7 +19,6 @@ import warnings
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from reference import branch_view, path_units, reference_additive_mask, reference_allowed, reference_positions
 from strategies import kinds_of, response_prefixes, responses_with_blocks
 from tiny import example_response, tiny_model, tiny_tokenizer

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import tiny_model
 
 from modeling_multiverse import TAGS
-from tiny import tiny_model
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

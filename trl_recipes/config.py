@@ -24,7 +24,6 @@ from runtime.precision import PRECISIONS, choose_precision
 
 from .data import RECIPES
 
-
 HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in {f.name for f in fields(TrainingArguments)}
 """Whether the installed transformers names checkpointing `activation_checkpointing` (newer 5.x releases; setting
 the old `gradient_checkpointing` there warns that it is deprecated). 5.17, the floor, has only the old name."""

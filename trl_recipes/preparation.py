@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import torch
 from datasets import Dataset
 
-from modeling_multiverse import StructureError, TokenStructure, encode_chat, pack, structure_of_ids, tag_ids_from_tokenizer
+from modeling_multiverse import (
+    StructureError,
+    TokenStructure,
+    encode_chat,
+    pack,
+    structure_of_ids,
+    tag_ids_from_tokenizer,
+)
 
 from .data import ExampleError, autoregressive_rows, check_columns, flatten, split_conversation, validate_response
 

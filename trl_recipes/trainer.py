@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import torch
 from trl import SFTConfig, SFTTrainer
 
 from modeling_multiverse import mask_for

@@ -12,7 +12,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
 from multiverse_attention_testing import HAS_CUDA
 
 if not HAS_CUDA:
