@@ -119,7 +119,6 @@ def measure(model, ids: torch.Tensor, backend: str, tag_ids: dict[str, int], ste
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
     mask_seconds, mask = timed(build_mask, steps)
     tensors = [] if mask is None else [mask] if isinstance(mask, torch.Tensor) else [t for t in mask.as_tuple() if isinstance(t, torch.Tensor)]
-    del optimizer
     return {
         "step_s": seconds,
         "peak_mib": peak,

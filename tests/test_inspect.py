@@ -51,7 +51,8 @@ def test_structural_ideal_matches_an_independent_computation(shared_dir, trace_r
     tokenizer = load_embedded_tokenizer()
     tag_ids = add_tag_tokens(tokenizer)
     kind_of = {tag_ids[t]: i for i, t in enumerate(TAGS)}
-    records = {json.loads(l)["id"]: json.loads(l) for l in (shared_dir / TRACES).read_text().splitlines() if l.strip()}
+    lines = (shared_dir / TRACES).read_text().splitlines()
+    records = {json.loads(line)["id"]: json.loads(line) for line in lines if line.strip()}
     tokens = critical = 0
     for report in reports:
         if not report["valid"]:
