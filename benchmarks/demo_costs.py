@@ -88,7 +88,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=512, help="tokens in the training row")
     parser.add_argument("--train-layers", type=int, nargs="+", default=[30, 4], help="top decoder layers trained")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 measures CPU work robustly on a shared machine")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: torch's); 1 measures CPU work robustly on a shared machine"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,7 +105,10 @@ def main() -> None:
         wall, cpu = decode_step(model, rows, args.context, args.repeats)
         print(f"  {rows:4d} | {wall * 1e3:8.1f} | {cpu / threads * 1e3:8.1f} | {wall * 1e3 / rows:6.1f}")
     model.train()
-    print(f"\ntraining step, one row of {args.length} tokens: layers trained | wall s | cpu s / {threads} | tokens/s (cpu)")
+    print(
+        f"\ntraining step, one row of {args.length} tokens: layers trained | wall s | cpu s / {threads} | "
+        "tokens/s (cpu)"
+    )
     for layers in args.train_layers:
         wall, cpu = train_step(model, args.length, layers, args.repeats)
         print(f"  {layers:4d} | {wall:6.2f} | {cpu / threads:6.2f} | {args.length / (cpu / threads):6.1f}")

@@ -46,7 +46,9 @@ def batches(tokenizer, records: list[dict], size: int, count: int) -> list[dict]
 
 
 @torch.inference_mode()
-def timed_generate(model, tokenizer, encoded: list[dict], max_new_tokens: int, **kwargs) -> tuple[float, list[torch.Tensor]]:
+def timed_generate(
+    model, tokenizer, encoded: list[dict], max_new_tokens: int, **kwargs
+) -> tuple[float, list[torch.Tensor]]:
     start, outputs = time.perf_counter(), []
     for enc in encoded:
         out = model.generate(
@@ -100,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load(args.run / "multiverse-model")
     for q in (1, 2, 4):
         plain, grouped = (step_ms(model, name, q, args.context, 2 * args.repeats + 3) for name in ("sdpa", ENGINE_SDPA))
-        print(f"(2) decode step, 8 rows x {q} queries, {args.context} cached: sdpa {plain:.0f} ms, grouped {grouped:.0f} ms")
+        print(
+            f"(2) decode step, 8 rows x {q} queries, {args.context} cached: "
+            f"sdpa {plain:.0f} ms, grouped {grouped:.0f} ms"
+        )
 
     if args.other is not None:
         with tempfile.TemporaryDirectory() as tmp:

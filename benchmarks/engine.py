@@ -116,7 +116,9 @@ def plot(results: dict, path: Path) -> None:
     x = range(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
     ax.bar([i - 0.2 for i in x], [results[n]["structural_ideal"] for n in names], 0.4, label="structural ideal")
-    ax.bar([i + 0.2 for i in x], [results[n]["speedup_vs_a"] for n in names], 0.4, label="engine vs transformers generate")
+    ax.bar(
+        [i + 0.2 for i in x], [results[n]["speedup_vs_a"] for n in names], 0.4, label="engine vs transformers generate"
+    )
     ax.set_xticks(list(x), names, rotation=30, ha="right")
     ax.set_ylabel("speedup (x)")
     ax.set_title("Multiverse Engine, wall clock, SmolLM2-135M fp32 on CPU")
@@ -129,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="converted model folder (default: convert the embedded SmolLM2)")
     parser.add_argument("--full", action="store_true", help="the full grid: 2/4/8 branches x 32/64/128/256 tokens")
-    parser.add_argument("--cases", default=None, help="comma-separated NxM skeletons, e.g. 4x64,8x32 (overrides the grid)")
+    parser.add_argument(
+        "--cases", default=None, help="comma-separated NxM skeletons, e.g. 4x64,8x32 (overrides the grid)"
+    )
     parser.add_argument("--traces", type=int, default=1, help="how many (shortest) traces to replay")
     parser.add_argument("--max-trace-tokens", type=int, default=900, help="skip longer traces")
     parser.add_argument("--repeats", type=int, default=2)
@@ -148,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         grid = [tuple(int(v) for v in case.split("x")) for case in args.cases.split(",")]
     for n, m in grid:
         labels = [str(i + 1) for i in range(n)]
-        workloads[f"{n}x{m}"] = skeleton_template(tokenizer, [8, block(labels, [[m]] * n, outline=6, conclusion=16), 8], answer=8)
+        workloads[f"{n}x{m}"] = skeleton_template(
+            tokenizer, [8, block(labels, [[m]] * n, outline=6, conclusion=16), 8], answer=8
+        )
     if args.traces and TRACES.is_file():
         rows = [json.loads(line) for line in TRACES.open()]
         replays = [(r["id"], replay_template(tokenizer, r["response"])) for r in rows]

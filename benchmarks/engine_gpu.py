@@ -62,7 +62,13 @@ def skeletons(scale: int) -> dict[str, list]:
     """Flat 4 x 256, flat 8 x 256 and nested 2 x (2 x 128) free tokens per path, at `scale` = 256."""
     half = scale // 2
     flat = lambda n: [8, block([str(i + 1) for i in range(n)], [[scale]] * n, outline=6, conclusion=16), 8]  # noqa: E731
-    nested = [8, block(["1", "2"], [[4, block([f"{k}.1", f"{k}.2"], [[half], [half]], outline=6), 4] for k in (1, 2)], outline=6), 8]
+    nested = [
+        8,
+        block(
+            ["1", "2"], [[4, block([f"{k}.1", f"{k}.2"], [[half], [half]], outline=6), 4] for k in (1, 2)], outline=6
+        ),
+        8,
+    ]
     return {f"flat4x{scale}": flat(4), f"flat8x{scale}": flat(8), f"nested2x(2x{half})": nested}
 
 
@@ -187,12 +193,24 @@ def measure(model, tokenizer, template, batch: int) -> dict:
     b = timed_run(model, engine(0))
     out_b = b.pop("out")
     start = enc["input_ids"].shape[1]
-    responses = [out_c.sequences[r, start : start + out_c.generated_tokens[r] + out_c.closing_tokens[r]].tolist() for r in range(batch)]
-    ideal = sum(len(r) for r in responses) / sum(structure_of_ids(r, tag_ids_from_tokenizer(tokenizer)).critical_path_tokens() for r in responses)
+    responses = [
+        out_c.sequences[r, start : start + out_c.generated_tokens[r] + out_c.closing_tokens[r]].tolist()
+        for r in range(batch)
+    ]
+    ideal = sum(len(r) for r in responses) / sum(
+        structure_of_ids(r, tag_ids_from_tokenizer(tokenizer)).critical_path_tokens() for r in responses
+    )
     total = sum(out_c.generated_tokens)
     result = {"batch": batch, "tokens_per_row": tokens, "structural_ideal": round(ideal, 3)}
-    for key, run, generated in (("a_hf_generate", a, batch * tokens), ("b_engine_sequential", b, total), ("c_engine", c, total)):
-        result[key] = {**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in run.items()}, "tok_s": round(generated / run["seconds"], 1)}
+    for key, run, generated in (
+        ("a_hf_generate", a, batch * tokens),
+        ("b_engine_sequential", b, total),
+        ("c_engine", c, total),
+    ):
+        result[key] = {
+            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in run.items()},
+            "tok_s": round(generated / run["seconds"], 1),
+        }
     result["speedup_vs_a"] = round(result["c_engine"]["tok_s"] / result["a_hf_generate"]["tok_s"], 3)
     result["fraction_of_ideal"] = round(result["speedup_vs_a"] / ideal, 3)
     result["same_tokens_b_c"] = out_b.sequences.tolist() == out_c.sequences.tolist()
@@ -201,7 +219,8 @@ def measure(model, tokenizer, template, batch: int) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| model | workload | batch | ideal | (a) tok/s | (b) tok/s | (c) tok/s | speedup | of ideal | host ms/step (a/c) | peak GiB (c) |",
+        "| model | workload | batch | ideal | (a) tok/s | (b) tok/s | (c) tok/s | speedup | of ideal "
+        "| host ms/step (a/c) | peak GiB (c) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in results.items():
@@ -209,7 +228,8 @@ def table(results: dict) -> str:
         lines.append(
             f"| {model} | {workload} | {r['batch']} | {r['structural_ideal']:.2f} | {r['a_hf_generate']['tok_s']} | "
             f"{r['b_engine_sequential']['tok_s']} | {r['c_engine']['tok_s']} | {r['speedup_vs_a']:.2f}x | "
-            f"{r['fraction_of_ideal']:.2f} | {r['a_hf_generate']['host_ms_per_step']:.2f} / {r['c_engine']['host_ms_per_step']:.2f} | "
+            f"{r['fraction_of_ideal']:.2f} | {r['a_hf_generate']['host_ms_per_step']:.2f} / "
+            f"{r['c_engine']['host_ms_per_step']:.2f} | "
             f"{r['c_engine']['peak_memory_gib']} |"
         )
     return "\n".join(lines)
@@ -225,7 +245,9 @@ def plot(results: dict, path: Path, title: str) -> None:
     x = range(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 4))
     ax.bar([i - 0.2 for i in x], [results[n]["structural_ideal"] for n in names], 0.4, label="structural ideal")
-    ax.bar([i + 0.2 for i in x], [results[n]["speedup_vs_a"] for n in names], 0.4, label="engine vs transformers generate")
+    ax.bar(
+        [i + 0.2 for i in x], [results[n]["speedup_vs_a"] for n in names], 0.4, label="engine vs transformers generate"
+    )
     ax.set_xticks(list(x), [n.replace("|", " ") for n in names], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("speedup (x)")
     ax.set_title(title)
@@ -236,11 +258,17 @@ def plot(results: dict, path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU (fp32): checks the script, not the GPU")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="tiny shapes on CPU (fp32): checks the script, not the GPU"
+    )
     parser.add_argument("--models", default=None, help="comma-separated subset of " + ", ".join(MODELS))
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,32; dry run 1,2)")
-    parser.add_argument("--workloads", default=None, help="only workloads whose name contains one of these (comma-separated)")
-    parser.add_argument("--max-trace-tokens", type=int, default=3000, help="replay the shortest trace if it is at most this long")
+    parser.add_argument(
+        "--workloads", default=None, help="only workloads whose name contains one of these (comma-separated)"
+    )
+    parser.add_argument(
+        "--max-trace-tokens", type=int, default=3000, help="replay the shortest trace if it is at most this long"
+    )
     parser.add_argument("--out", default="benchmarks/engine_gpu", help="prefix of the .json, .png and .md written")
     args = parser.parse_args(argv)
     if args.dry_run:
@@ -260,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     templates = {name: skeleton_template(tokenizer, body, answer=8) for name, body in skeletons(scale).items()}
     if TRACES.is_file() and args.max_trace_tokens:
         rows = [json.loads(line) for line in TRACES.open()]
-        replays = sorted(((r["id"], replay_template(tokenizer, r["response"])) for r in rows), key=lambda t: len(t[1].ids))
+        replays = sorted(
+            ((r["id"], replay_template(tokenizer, r["response"])) for r in rows), key=lambda t: len(t[1].ids)
+        )
         if replays and len(replays[0][1].ids) <= args.max_trace_tokens:
             templates[f"trace:{replays[0][0]}"] = replays[0][1]
 
@@ -281,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name:>40}  ideal {r['structural_ideal']:.2f}x | (a) {r['a_hf_generate']['tok_s']} tok/s | "
                     f"(b) {r['b_engine_sequential']['tok_s']} | (c) {r['c_engine']['tok_s']} tok/s | "
                     f"speedup {r['speedup_vs_a']:.2f}x = {r['fraction_of_ideal']:.2f} of ideal | "
-                    f"host ms/step a {r['a_hf_generate']['host_ms_per_step']:.2f} c {r['c_engine']['host_ms_per_step']:.2f} | "
+                    f"host ms/step a {r['a_hf_generate']['host_ms_per_step']:.2f} c "
+                    f"{r['c_engine']['host_ms_per_step']:.2f} | "
                     f"peak {r['c_engine']['peak_memory_gib']} GiB",
                     flush=True,
                 )
@@ -291,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"hardware": hardware, "results": results}, indent=2))
-    out.with_suffix(".md").write_text(f"Multiverse Engine on {hardware} (random weights, {dtype}, sdpa)\n\n{table(results)}\n")
+    out.with_suffix(".md").write_text(
+        f"Multiverse Engine on {hardware} (random weights, {dtype}, sdpa)\n\n{table(results)}\n"
+    )
     plot(results, out.with_suffix(".png"), f"Multiverse Engine, {hardware}")
     print(table(results))
     print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.png')} and {out.with_suffix('.md')}")

@@ -76,7 +76,9 @@ def evaluate_model(model_dir: Path, held_out: Path, report: Path, args) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records, _ = load_records(held_out, "builtin", limit=args.n_eval)
-    result = evaluate(model, tokenizer, records, "builtin", max_new_tokens=args.max_new_tokens, batch_size=16, parallel_prompt=True)
+    result = evaluate(
+        model, tokenizer, records, "builtin", max_new_tokens=args.max_new_tokens, batch_size=16, parallel_prompt=True
+    )
     write_text_atomic(report, json.dumps(result, indent=2) + "\n")
 
 
@@ -122,7 +124,9 @@ def plot(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--sft-model", type=Path, help="an SFT Multiverse model (e.g. `multiverse demo`'s); default: quick SFT")
+    parser.add_argument(
+        "--sft-model", type=Path, help="an SFT Multiverse model (e.g. `multiverse demo`'s); default: quick SFT"
+    )
     parser.add_argument("--n-train", type=int, default=400)
     parser.add_argument("--n-eval", type=int, default=100)
     parser.add_argument("--sft-steps", type=int, default=20)
@@ -150,14 +154,26 @@ def main() -> None:
     sft_model = args.sft_model or out / "sft-model"
     if args.sft_model is None:
         stage("sft", sft_model / "config.json", lambda: quick_sft(out, args))  # the trainer makes the folder early
-    stage("before", out / "eval-before.json", lambda: evaluate_model(sft_model, out / "held_out.jsonl", out / "eval-before.json", args))
+    stage(
+        "before",
+        out / "eval-before.json",
+        lambda: evaluate_model(sft_model, out / "held_out.jsonl", out / "eval-before.json", args),
+    )
     stage("grpo", out / "grpo-log.json", lambda: run_grpo(sft_model, out, args))
     plot(out)
-    stage("after", out / "eval-after.json", lambda: evaluate_model(out / "grpo-model", out / "held_out.jsonl", out / "eval-after.json", args))
+    stage(
+        "after",
+        out / "eval-after.json",
+        lambda: evaluate_model(out / "grpo-model", out / "held_out.jsonl", out / "eval-after.json", args),
+    )
 
     before, after = (json.loads((out / f"eval-{n}.json").read_text()) for n in ("before", "after"))
     keys = ("accuracy", "well_formed", "parallelism", "mean_tokens", "wall_time_s")
-    summary = {"before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}, "settings": vars(args) | {"out": str(out), "sft_model": str(sft_model)}}
+    summary = {
+        "before": {k: before[k] for k in keys},
+        "after": {k: after[k] for k in keys},
+        "settings": vars(args) | {"out": str(out), "sft_model": str(sft_model)},
+    }
     delta_acc = after["accuracy"] - before["accuracy"]
     delta_par = after["parallelism"] - before["parallelism"]
     summary["targets"] = {
@@ -165,7 +181,10 @@ def main() -> None:
         "accuracy +5 points at no loss of parallelism": delta_acc >= 0.05 and delta_par >= 0.0,
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    print(f"\n{len(before['records'])} held-out problems, greedy fork/merge decoding, max_new_tokens={args.max_new_tokens}")
+    print(
+        f"\n{len(before['records'])} held-out problems, greedy fork/merge decoding, "
+        f"max_new_tokens={args.max_new_tokens}"
+    )
     print(f"| measure | SFT (before) | SFT + GRPO {args.grpo_steps} steps (after) | change |")
     print("| --- | --- | --- | --- |")
     for key in keys:

@@ -144,7 +144,10 @@ def main() -> None:
         return
     runs = [(n, "blockmask") for n in args.lengths] + [(n, "dense") for n in args.dense_lengths]
     print(f"threads={args.threads}, best of {args.repeats}; peak = peak RSS increase during one call (see docstring)")
-    print(f"{'tokens':>8} {'mask':>9} {'blocks':>6} {'depth':>5} {'crit.path':>9} {'seconds':>8} {'peak MiB':>9} {'py MiB':>7}")
+    print(
+        f"{'tokens':>8} {'mask':>9} {'blocks':>6} {'depth':>5} {'crit.path':>9} {'seconds':>8} {'peak MiB':>9} "
+        f"{'py MiB':>7}"
+    )
     for length, mode in sorted(runs):
         out = subprocess.run(
             [sys.executable, __file__, "--child", str(length), mode, "--repeats", str(args.repeats),

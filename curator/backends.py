@@ -67,7 +67,9 @@ class OpenAICompatibleBackend:
         max_tokens: int = 4096,
         cache_dir: str | os.PathLike | None = None,
     ):
-        self.base_url = (base_url or os.environ.get("MULTIVERSE_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or "").rstrip("/")
+        self.base_url = (
+            base_url or os.environ.get("MULTIVERSE_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or ""
+        ).rstrip("/")
         self.model = model or os.environ.get("MULTIVERSE_MODEL")
         self.api_key = api_key or next(
             (os.environ[k] for k in ("MULTIVERSE_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY") if os.environ.get(k)), None
@@ -86,7 +88,12 @@ class OpenAICompatibleBackend:
         self.requests_sent = 0  # HTTP requests actually made (cache hits excluded), for reports and tests
 
     def _payload(self, messages: list[Message]) -> dict:
-        return {"model": self.model, "messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
 
     def _cache_path(self, payload: dict) -> Path | None:
         if self.cache_dir is None:

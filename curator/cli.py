@@ -21,7 +21,9 @@ MAX_WORKERS = 256  # threads, each holding a request: more only exhausts the mac
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multiverse curate", description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="JSONL with {id, sequential} and usually question, answer")
-    parser.add_argument("--output", required=True, help="JSONL {id, status, multiverse, reason, scores}; resumed if it exists")
+    parser.add_argument(
+        "--output", required=True, help="JSONL {id, status, multiverse, reason, scores}; resumed if it exists"
+    )
     parser.add_argument("--backend", choices=("rules", "openai", "local"), default="rules")
     parser.add_argument("--base-url", help="openai: endpoint base URL (else MULTIVERSE_BASE_URL / OPENAI_BASE_URL)")
     parser.add_argument("--model", help="openai: model name (else MULTIVERSE_MODEL); local: model id or folder")
@@ -32,8 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retries", type=int, default=2, help="LLM backends: retries of a record that fails a check")
     parser.add_argument("--max-depth", type=int, help="deepest nesting of parallel blocks")
     parser.add_argument("--min-coverage", type=float, default=DEFAULT_MIN_COVERAGE, help="share of original words kept")
-    parser.add_argument("--keep-sequential", action="store_true", help="keep chains with no parallel block as converted")
-    parser.add_argument("--export-dir", help="also write the prompt/completion dataset (multiverse + autoregressive) here")
+    parser.add_argument(
+        "--keep-sequential", action="store_true", help="keep chains with no parallel block as converted"
+    )
+    parser.add_argument(
+        "--export-dir", help="also write the prompt/completion dataset (multiverse + autoregressive) here"
+    )
     parser.add_argument("--ar-source", choices=("sequential", "flattened"), default="sequential")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="with --export-dir: push the dataset to the Hub")
     parser.add_argument("--no-progress", action="store_true")
@@ -52,12 +58,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--min-coverage must be in [0, 1], got {args.min_coverage}")
     if args.max_depth is not None and args.max_depth < 1:
         raise ValueError(f"--max-depth must be >= 1, got {args.max_depth}")
-    openai_only = {"--base-url": args.base_url, "--api-key": args.api_key, "--cache-dir": args.cache_dir, "--timeout": args.timeout}
+    openai_only = {
+        "--base-url": args.base_url,
+        "--api-key": args.api_key,
+        "--cache-dir": args.cache_dir,
+        "--timeout": args.timeout,
+    }
     ignored = [flag for flag, value in openai_only.items() if value is not None and args.backend != "openai"]
     if args.model and args.backend == "rules":
         ignored.append("--model")
     if ignored:
-        raise ValueError(f"{', '.join(ignored)}: {'does' if len(ignored) == 1 else 'do'} nothing with --backend {args.backend}")
+        raise ValueError(
+            f"{', '.join(ignored)}: {'does' if len(ignored) == 1 else 'do'} nothing with --backend {args.backend}"
+        )
     if args.backend == "local" and not args.model:
         raise ValueError("--backend local needs --model (a model id or folder)")
     if args.backend == "local":
@@ -78,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     options: dict = {"max_depth": args.max_depth}
     if args.backend == "openai":
         timeout = 120.0 if args.timeout is None else args.timeout
-        options.update(base_url=args.base_url, model=args.model, api_key=args.api_key, cache_dir=args.cache_dir, timeout=timeout)
+        options.update(
+            base_url=args.base_url, model=args.model, api_key=args.api_key, cache_dir=args.cache_dir, timeout=timeout
+        )
     elif args.backend == "local":
         options["model"] = args.model
     summary = curate_file(
@@ -90,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_dir:
         from .export import export_file
 
-        data = export_file(args.output, args.input, args.export_dir, ar_source=args.ar_source, push_to_hub=args.push_to_hub)
+        data = export_file(
+            args.output, args.input, args.export_dir, ar_source=args.ar_source, push_to_hub=args.push_to_hub
+        )
         print(f"exported {', '.join(f'{k}: {len(v)}' for k, v in data.items())} rows to {args.export_dir}")
     return 0

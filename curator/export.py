@@ -55,7 +55,9 @@ def to_datasets(
         autoregressive.append({**extra, **conversation(problem["question"], ar_text)})
     if not multiverse:
         raise ValueError(f"{curated}: no converted record to export")
-    return DatasetDict({"multiverse": Dataset.from_list(multiverse), "autoregressive": Dataset.from_list(autoregressive)})
+    return DatasetDict(
+        {"multiverse": Dataset.from_list(multiverse), "autoregressive": Dataset.from_list(autoregressive)}
+    )
 
 
 def dataset_card(data: DatasetDict, summary: dict | None = None, repo_id: str | None = None) -> str:
@@ -88,7 +90,9 @@ def check_export_dir(out_dir: str | os.PathLike, *inputs: str | os.PathLike) -> 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--export-dir {out_dir}: is a file, expected a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "dataset" / "dataset_dict.json").is_file():
-        raise ValueError(f"--export-dir {out_dir} holds other files and no earlier export; export to a new or empty folder")
+        raise ValueError(
+            f"--export-dir {out_dir} holds other files and no earlier export; export to a new or empty folder"
+        )
 
 
 def save_dataset(
@@ -118,7 +122,9 @@ def save_dataset(
     return out
 
 
-def export_file(curated: str | os.PathLike, problems: str | os.PathLike, out_dir: str | os.PathLike, **options) -> DatasetDict:
+def export_file(
+    curated: str | os.PathLike, problems: str | os.PathLike, out_dir: str | os.PathLike, **options
+) -> DatasetDict:
     """to_datasets + save_dataset with the curation summary in the card."""
     ar_source = options.pop("ar_source", "sequential")
     data = to_datasets(curated, problems, ar_source=ar_source)

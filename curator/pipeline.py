@@ -77,14 +77,22 @@ def curate_record(
     question = record.get("question", "")
     tags = [piece for piece in split_tags(record["sequential"]) if piece in TAGS]
     if tags:  # the chain becomes the response, where a tag is structure: it cannot hold one as text
-        return {"id": record["id"], "status": "rejected", "multiverse": None, "reason": f"tags: the chain contains the tag text {tags[0]}", "scores": {"attempts": 0}}
+        return {
+            "id": record["id"],
+            "status": "rejected",
+            "multiverse": None,
+            "reason": f"tags: the chain contains the tag text {tags[0]}",
+            "scores": {"attempts": 0},
+        }
     think, answer = split_answer(split_chain(record["sequential"]))
     deterministic = isinstance(structurer, RulesStructurer)  # the same input gives the same plan: no retries
     reason, scores = None, {}
     attempts = 1 if deterministic else retries + 1
     for attempt in range(1, attempts + 1):
         try:
-            plan = structurer.plan(think, question) if deterministic else structurer.plan(think, question, feedback=reason)
+            plan = (
+                structurer.plan(think, question) if deterministic else structurer.plan(think, question, feedback=reason)
+            )
         except StageError as err:
             reason = f"stage: {err}"
             continue
@@ -99,11 +107,22 @@ def curate_record(
         response = render_response(plan, answer)
         verdict = validate_response(response, record["sequential"], question, min_coverage)
         kinds = Counter(block.kind for block, _ in iter_blocks(plan))
-        scores = {**verdict.scores, "collective": kinds["collective"], "selective": kinds["selective"], "attempts": attempt}
+        scores = {
+            **verdict.scores,
+            "collective": kinds["collective"],
+            "selective": kinds["selective"],
+            "attempts": attempt,
+        }
         if verdict.ok:
             return {"id": record["id"], "status": "converted", "multiverse": response, "reason": None, "scores": scores}
         reason = verdict.reason
-    return {"id": record["id"], "status": "rejected", "multiverse": None, "reason": reason, "scores": {**scores, "attempts": attempt}}
+    return {
+        "id": record["id"],
+        "status": "rejected",
+        "multiverse": None,
+        "reason": reason,
+        "scores": {**scores, "attempts": attempt},
+    }
 
 
 RECORD_START = b'{"id": '  # how every output line begins (`_append` writes the id first)
@@ -117,7 +136,9 @@ def read_curated(path: str | os.PathLike, *, torn_tail: bool = False) -> dict[st
     done: dict[str, dict] = {}
     for number, record in iter_jsonl(path, torn_tail=torn_tail):
         if not isinstance(record.get("id"), str) or record.get("status") not in ("converted", "rejected"):
-            raise JsonlError(path, number, "not a curated record ({id, status, ...}); refusing to use this file as curate output")
+            raise JsonlError(
+                path, number, "not a curated record ({id, status, ...}); refusing to use this file as curate output"
+            )
         done.setdefault(record["id"], record)
     return done
 
@@ -151,7 +172,9 @@ def recover_output(path: str | os.PathLike, fd: int | None = None) -> dict[str, 
             os.ftruncate(fd, end)
         else:
             line = data.count(b"\n") + 1
-            raise JsonlError(path, line, "not a curated record (an unfinished line); refusing to use this file as curate output")
+            raise JsonlError(
+                path, line, "not a curated record (an unfinished line); refusing to use this file as curate output"
+            )
     finally:
         if own:
             os.close(fd)
@@ -177,7 +200,9 @@ def _lock(fd: int, path: os.PathLike) -> None:
     try:
         lock()
     except OSError:
-        raise OutputBusyError(f"{path}: another `multiverse curate` run is writing this file; wait for it or pick another --output") from None
+        raise OutputBusyError(
+            f"{path}: another `multiverse curate` run is writing this file; wait for it or pick another --output"
+        ) from None
 
 
 def _append(fd: int, record: dict) -> None:
@@ -198,7 +223,9 @@ def make_structurer(backend: str, **options) -> Structurer:
     if backend == "local":
         from .backends import TransformersBackend
 
-        return LLMStructurer(TransformersBackend(options.pop("model")), **({"max_depth": max_depth} if max_depth else {}))
+        return LLMStructurer(
+            TransformersBackend(options.pop("model")), **({"max_depth": max_depth} if max_depth else {})
+        )
     raise ValueError(f"unknown backend {backend!r}, expected 'rules', 'openai' or 'local'")
 
 
@@ -230,7 +257,9 @@ def curate_file(
     failure: BackendUnavailable | None = None
 
     def work(record: dict) -> dict:
-        return curate_record(record, structurer, retries=retries, min_coverage=min_coverage, keep_sequential=keep_sequential)
+        return curate_record(
+            record, structurer, retries=retries, min_coverage=min_coverage, keep_sequential=keep_sequential
+        )
 
     try:
         _lock(fd, output)
@@ -268,7 +297,8 @@ def curate_file(
     if failure is not None:
         pending = sum(1 for p in problems if p["id"] not in done)
         raise BackendUnavailable(
-            f"the backend failed ({failure}); {pending} of {len(problems)} records left pending in {output}: rerun to retry them"
+            f"the backend failed ({failure}); {pending} of {len(problems)} records left pending in {output}: "
+            "rerun to retry them"
         )
     return summarize(done[p["id"]] for p in problems)
 
@@ -299,7 +329,9 @@ def format_summary(summary: dict) -> str:
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary["rejected_by_reason"].items())) or "none"
     return (
         f"converted {summary['converted']}/{summary['records']}, rejected {summary['rejected']} ({reasons})\n"
-        f"parallelizable fraction {summary['parallelizable_fraction']:.3f}, blocks per example {summary['blocks_per_example']}, "
-        f"branches per example {summary['branches_per_example']}, nesting depth mean {summary['mean_depth']} max {summary['max_depth']}, "
+        f"parallelizable fraction {summary['parallelizable_fraction']:.3f}, "
+        f"blocks per example {summary['blocks_per_example']}, "
+        f"branches per example {summary['branches_per_example']}, "
+        f"nesting depth mean {summary['mean_depth']} max {summary['max_depth']}, "
         f"blocks collective {summary['collective_blocks']} / selective {summary['selective_blocks']}"
     )

@@ -55,7 +55,11 @@ on its own, or "" when it needs none; never mention a result of another part.
 Answer with:
 {{"outlines": [<{n} strings>], "context": [<{n} strings>], "conclusion": <string or null>}}"""
 
-CONCLUSION_WANTED = "Write a conclusion: one or two sentences that state what each part found, as the text after the parts."
-CONCLUSION_GIVEN = 'The conclusion is already written (the original text that combines the parts): answer "conclusion": null.'
+CONCLUSION_WANTED = (
+    "Write a conclusion: one or two sentences that state what each part found, as the text after the parts."
+)
+CONCLUSION_GIVEN = (
+    'The conclusion is already written (the original text that combines the parts): answer "conclusion": null.'
+)
 
 FEEDBACK = "\n\nA previous answer for this solution was rejected: {reason}\nAvoid that mistake."

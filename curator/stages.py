@@ -65,7 +65,9 @@ def _tree(raw: object, first: int, last: int, where: str) -> list[StepNode]:
         except (KeyError, TypeError, ValueError):
             raise StageError(f"split: step {k} of {where} lacks integer 'first'/'last'") from None
         if a != expect or b < a or b > last:
-            raise StageError(f"split: step {k} of {where} covers lines {a}-{b}, expected to start at {expect} and end by {last}")
+            raise StageError(
+                f"split: step {k} of {where} covers lines {a}-{b}, expected to start at {expect} and end by {last}"
+            )
         children = item.get("substeps") or []
         node = StepNode(summary or f"lines {a}-{b}", a, b, _tree(children, a, b, f"step {a}-{b}") if children else [])
         nodes.append(node)
@@ -99,7 +101,9 @@ class _ChainPlanner:
 
     def _ask(self, prompt: str, stage: str) -> dict:
         content = prompt + (prompts.FEEDBACK.format(reason=self.feedback) if self.feedback else "")
-        answer = self.backend.complete([{"role": "system", "content": prompts.SYSTEM}, {"role": "user", "content": content}])
+        answer = self.backend.complete(
+            [{"role": "system", "content": prompts.SYSTEM}, {"role": "user", "content": content}]
+        )
         return parse_json_answer(answer, stage)
 
     def plan(self) -> Plan:
@@ -147,18 +151,24 @@ class _ChainPlanner:
             except (KeyError, TypeError, ValueError):
                 raise StageError(f"group: run {k} lacks integer 'first'/'last'") from None
             if not free_from <= first < last < len(nodes):
-                raise StageError(f"group: run {first}-{last} overlaps another run or lies outside steps 0-{len(nodes) - 1}")
+                raise StageError(
+                    f"group: run {first}-{last} overlaps another run or lies outside steps 0-{len(nodes) - 1}"
+                )
             if kind not in ("collective", "selective"):
                 raise StageError(f"group: run {first}-{last} has kind {kind!r}, expected 'collective' or 'selective'")
             if merge is not None and merge != last + 1:
-                raise StageError(f"group: run {first}-{last} merges at step {merge}, expected the next step {last + 1} or null")
+                raise StageError(
+                    f"group: run {first}-{last} merges at step {merge}, expected the next step {last + 1} or null"
+                )
             if merge is not None and merge >= len(nodes):
                 raise StageError(f"group: run {first}-{last} merges at step {merge}, past the last step")
             groups.append((first, last, kind, merge))
             free_from = last + 1 if merge is None else merge + 1
         return groups
 
-    def _map_reduce(self, members: list[StepNode], paths: list[Plan], kind: str, merged: str | None, first_line: int) -> ParallelPlan:
+    def _map_reduce(
+        self, members: list[StepNode], paths: list[Plan], kind: str, merged: str | None, first_line: int
+    ) -> ParallelPlan:
         n = len(members)
         listing = "\n".join(f"Part {k + 1}:\n" + "\n".join(self._text(m)) for k, m in enumerate(members))
         before = "\n".join(self.lines[max(0, first_line - 12) : first_line]) or "(the start)"
@@ -168,7 +178,11 @@ class _ChainPlanner:
             "map/reduce",
         )
         outlines, context = answer.get("outlines"), answer.get("context") or [""] * n
-        if not isinstance(outlines, list) or len(outlines) != n or not all(isinstance(o, str) and o.strip() for o in outlines):
+        if (
+            not isinstance(outlines, list)
+            or len(outlines) != n
+            or not all(isinstance(o, str) and o.strip() for o in outlines)
+        ):
             raise StageError(f"map/reduce: expected {n} non-empty outlines, got {str(outlines)[:80]}")
         if not isinstance(context, list) or len(context) != n:
             raise StageError(f"map/reduce: expected {n} context sentences, got {str(context)[:80]}")

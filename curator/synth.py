@@ -51,7 +51,8 @@ def _computation(kind: str, a: int, b: int, worked: bool) -> tuple[str, list[int
         return f"{a} * {b} = {a} * {bt} + {a} * {bo} = {a * bt} + {a * bo} = {a * b}", [bt, bo, a * bt, a * bo]
     elif kind == "sum" and a >= 10 and bt and bo:
         at, ao = a // 10 * 10, a % 10
-        return f"{a} + {b} = {at} + {bt} + {ao} + {bo} = {at + bt} + {ao + bo} = {a + b}", [at, bt, ao, bo, at + bt, ao + bo]
+        text = f"{a} + {b} = {at} + {bt} + {ao} + {bo} = {at + bt} + {ao + bo} = {a + b}"
+        return text, [at, bt, ao, bo, at + bt, ao + bo]
     elif kind == "left" and bt and bo:
         return f"{a} - {b} = {a} - {bt} - {bo} = {a - bt} - {bo} = {a - b}", [bt, bo, a - bt]
     symbol = {"groups": "*", "sum": "+", "left": "-"}[kind]
@@ -231,7 +232,9 @@ def synthesize(
         else:
             raise RuntimeError(f"could not draw problem {i} without colliding numbers; widen `digits`")
         question, steps, total = problem
-        rows.append({"id": f"synth-{seed}-{i:05d}", "question": question, "sequential": "\n".join(steps), "answer": str(total)})
+        rows.append(
+            {"id": f"synth-{seed}-{i:05d}", "question": question, "sequential": "\n".join(steps), "answer": str(total)}
+        )
     return rows
 
 
@@ -266,21 +269,29 @@ def _range(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multiverse data", description="write built-in problems with sequential chains of thought")
+    parser = argparse.ArgumentParser(
+        prog="multiverse data", description="write built-in problems with sequential chains of thought"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synth", help="multi-part arithmetic word problems (k independent parts, then a total)")
     synth.add_argument("--n", type=int, required=True, help="number of problems")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True, help="output JSONL: {id, question, sequential, answer}")
-    synth.add_argument("--k", type=_range, default=(2, 4), help="independent parts per problem, N or LOW-HIGH (default 2-4)")
+    synth.add_argument(
+        "--k", type=_range, default=(2, 4), help="independent parts per problem, N or LOW-HIGH (default 2-4)"
+    )
     synth.add_argument("--digits", type=_range, default=(1, 2), help="operand widths, N or LOW-HIGH (default 1-2)")
-    synth.add_argument("--nesting", type=float, default=0.0, help="probability that a part has two sub-parts (default 0)")
+    synth.add_argument(
+        "--nesting", type=float, default=0.0, help="probability that a part has two sub-parts (default 0)"
+    )
     synth.add_argument("--worked", action="store_true", help="write each computation out digit by digit")
     synth.add_argument(
         "--task", choices=("total", "most"), default="total",
         help="total: the sum of the parts (default); most: the largest of k people's bag counts (the demo's)",
     )
-    synth.add_argument("--bags", type=_range, default=(3, 5), help="task most: bags per person, N or LOW-HIGH (default 3-5)")
+    synth.add_argument(
+        "--bags", type=_range, default=(3, 5), help="task most: bags per person, N or LOW-HIGH (default 3-5)"
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.n <= MAX_PROBLEMS:
         raise ValueError(f"--n must be in 0..{MAX_PROBLEMS}, got {args.n}")

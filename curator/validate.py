@@ -92,7 +92,9 @@ def independence_violations(structure: Structure, items: list[str], question: st
     problems = []
     for block in structure.iter_blocks():
         before = _flat(items[: block.open]) + "\n" + question
-        known = numbers_in(before) | {n for n in names if re.search(rf"(?<![A-Za-z_\d]){re.escape(n)}(?![A-Za-z_\d])", before)}
+        known = numbers_in(before) | {
+            n for n in names if re.search(rf"(?<![A-Za-z_\d]){re.escape(n)}(?![A-Za-z_\d])", before)
+        }
         defined, used = [], []
         for unit in block.paths:
             lines = [line for line in _flat(items[unit.open + 1 : unit.close]).splitlines() if line.strip()]
@@ -126,7 +128,9 @@ def validate_response(
         return Verdict(False, f"labels: {problem}", scores)
     scores["coverage"] = round(coverage(original, response), 4)
     if scores["coverage"] < min_coverage:
-        return Verdict(False, f"coverage: {scores['coverage']:.3f} of the original words kept, below {min_coverage}", scores)
+        return Verdict(
+            False, f"coverage: {scores['coverage']:.3f} of the original words kept, below {min_coverage}", scores
+        )
     violations = independence_violations(structure, items, question)
     scores["independence_violations"] = len(violations)
     if violations:

@@ -140,7 +140,11 @@ def block_mask(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor, block_size: int
         lo, hi = forbid_lo[:, d], forbid_hi[:, d]
         nonempty = hi > lo
         # kv blocks overlapping [lo, hi)
-        add_ranges(touched_rows, torch.where(nonempty, lo // block_size, 0), torch.where(nonempty, (hi - 1) // block_size + 1, 0))
+        add_ranges(
+            touched_rows,
+            torch.where(nonempty, lo // block_size, 0),
+            torch.where(nonempty, (hi - 1) // block_size + 1, 0),
+        )
         # kv blocks inside [lo, hi), not already counted as causally masked
         inside_first = (lo + block_size - 1) // block_size
         inside_stop = torch.where(hi >= length, n_blocks, hi // block_size)

@@ -22,7 +22,9 @@ def _check_transformers_version() -> None:
     found = transformers.__version__
     if tuple(int(part) for part in re.findall(r"\d+", found)[:2]) < MIN_TRANSFORMERS:
         floor = ".".join(map(str, MIN_TRANSFORMERS))
-        raise ImportError(f"multiverse needs transformers>={floor} (found {found}): pip install -U 'transformers>={floor}'")
+        raise ImportError(
+            f"multiverse needs transformers>={floor} (found {found}): pip install -U 'transformers>={floor}'"
+        )
 
 
 _check_transformers_version()

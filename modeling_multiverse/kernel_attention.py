@@ -88,7 +88,9 @@ def multiverse_kernel_attention(
     if multiverse_intervals is None or not hasattr(module, "multiverse_attention"):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     forbid_lo, forbid_hi = multiverse_intervals
     out = module.multiverse_attention(query, key, value, forbid_lo, forbid_hi, scaling)
     return out.transpose(1, 2).contiguous(), None

@@ -608,10 +608,13 @@ class StructureParser:
         open_elements = [TAGS[f.kind] for f in self.stack[1:]]
         if self.require_think:
             if self.think_open is None:
-                raise StructureError(f"at {self.unit} 0: found no <Think>, expected the response to open with <Think>", 0)
+                raise StructureError(
+                    f"at {self.unit} 0: found no <Think>, expected the response to open with <Think>", 0
+                )
             if self.think_close is None and not self.partial:
                 raise StructureError(
-                    f"at {self.unit} {self.length}: found the end, expected </Think> (opened at {self.unit} {self.think_open})",
+                    f"at {self.unit} {self.length}: found the end, expected </Think> "
+                    f"(opened at {self.unit} {self.think_open})",
                     self.length,
                 )
         if open_elements and not self.partial:
@@ -762,7 +765,11 @@ def parse_text(text: str, *, partial: bool = False, require_think: bool = False)
     except StructureError as err:
         index = err.index if err.index is not None else 0
         char = offsets[index] if index < len(offsets) else len(text)
-        message = re.sub(r"\bitem (\d+)", lambda m: f"char {offsets[int(m.group(1))] if int(m.group(1)) < len(offsets) else len(text)}", str(err))
+        message = re.sub(
+            r"\bitem (\d+)",
+            lambda m: f"char {offsets[int(m.group(1))] if int(m.group(1)) < len(offsets) else len(text)}",
+            str(err),
+        )
         raise StructureError(message, char) from None
 
 

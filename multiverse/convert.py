@@ -35,7 +35,9 @@ def _resolve_base(base: str) -> tuple[str, dict, str]:
             raise FileNotFoundError(f"--base {base}: no such GGUF file")
         return str(path.parent), {"gguf_file": path.name}, path.stem
     if not path.exists():
-        raise FileNotFoundError(f"--base {base}: no such folder (expected `{EMBEDDED_NAME}`, a .gguf file, or a model folder)")
+        raise FileNotFoundError(
+            f"--base {base}: no such folder (expected `{EMBEDDED_NAME}`, a .gguf file, or a model folder)"
+        )
     from runtime.paths import model_config
 
     model_config(path, "--base")  # a model folder with a config and a tokenizer
@@ -63,9 +65,13 @@ def _check_out(out: Path, base: str, overwrite: bool) -> None:
     if not overwrite:
         raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
     if not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: is a file, not a model folder; --overwrite replaces only a model folder")
+        raise NotADirectoryError(
+            f"--out {out}: is a file, not a model folder; --overwrite replaces only a model folder"
+        )
     if any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ValueError(f"--out {out} is not a model folder (no config.json); --overwrite replaces only a model folder")
+        raise ValueError(
+            f"--out {out} is not a model folder (no config.json); --overwrite replaces only a model folder"
+        )
 
 
 def convert(base: str, out: str | Path, *, overwrite: bool = False, repo_id: str | None = None) -> Path:

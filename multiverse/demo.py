@@ -102,7 +102,9 @@ class StageLog:
         work()
         self.seconds[name] = round(time.perf_counter() - start, 1)
         self.cpu_seconds[name] = round(time.process_time() - cpu_start, 1)
-        write_text_atomic(self.path, json.dumps({"seconds": self.seconds, "cpu_seconds": self.cpu_seconds}, indent=2) + "\n")
+        write_text_atomic(
+            self.path, json.dumps({"seconds": self.seconds, "cpu_seconds": self.cpu_seconds}, indent=2) + "\n"
+        )
         print(f"[demo] {name}: {self.seconds[name]:.0f} s ({self.cpu_seconds[name]:.0f} CPU s)", flush=True)
 
 
@@ -132,7 +134,9 @@ def run_demo(out: str | Path, settings: DemoSettings) -> dict:
     hardware = out / "hardware.json"
 
     def synth() -> None:
-        rows = synthesize(settings.n_train + settings.n_eval, settings.seed, k=settings.parts, bags=settings.bags, task="most")
+        rows = synthesize(
+            settings.n_train + settings.n_eval, settings.seed, k=settings.parts, bags=settings.bags, task="most"
+        )
         write_jsonl(rows[: settings.n_train], problems)
         write_jsonl(rows[settings.n_train :], held_out)
 
@@ -239,7 +243,9 @@ def _evaluate(
     write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
 
 
-def _summarize(out: Path, settings: DemoSettings, log: StageLog, reports: dict[str, Path], latency: dict[str, Path]) -> dict:
+def _summarize(
+    out: Path, settings: DemoSettings, log: StageLog, reports: dict[str, Path], latency: dict[str, Path]
+) -> dict:
     from .comparison import comparison_targets, verdict_line
 
     mv = json.loads(reports["multiverse"].read_text())
@@ -314,7 +320,8 @@ def _report(out: Path, summary: dict, reports: dict[str, Path], models: dict[str
         f"reach the floors (final accuracy {ACCURACY_FLOOR:.2f}, step accuracy {STEP_FLOOR:.2f}) before they are "
         "compared; the numbers below compare against a model that did not learn the task.",
         "",
-        f"SmolLM2-135M-Instruct trained on {summary['n_train']} curated problems, evaluated on {summary['n_eval']} held-out ones.",
+        f"SmolLM2-135M-Instruct trained on {summary['n_train']} curated problems, "
+        f"evaluated on {summary['n_eval']} held-out ones.",
         "Each problem: several people add up their bags one at a time (independent paths), then the largest",
         "count is picked (the conclusion). Both models decode greedily through the same engine, in the same",
         "batches and with the same `max_new_tokens`; the baseline writes no blocks, so it decodes one token per step.",
@@ -325,8 +332,10 @@ def _report(out: Path, summary: dict, reports: dict[str, Path], models: dict[str
         f"| step accuracy (sums and totals right) | {steps('multiverse')} | {steps('autoregressive')} |",
         f"| well-formed responses | {summary['well_formed']:.3f} | - |",
         f"| degree of parallelism (tokens / decode steps) | {summary['parallelism']:.3f} | 1.000 |",
-        f"| generation wall time (s) | {summary['wall_time_multiverse_s']:.1f} | {summary['wall_time_autoregressive_s']:.1f} |",
-        f"| mean generated tokens | {summary['mean_tokens_multiverse']:.1f} | {summary['mean_tokens_autoregressive']:.1f} |",
+        f"| generation wall time (s) | {summary['wall_time_multiverse_s']:.1f} | "
+        f"{summary['wall_time_autoregressive_s']:.1f} |",
+        f"| mean generated tokens | {summary['mean_tokens_multiverse']:.1f} | "
+        f"{summary['mean_tokens_autoregressive']:.1f} |",
         "",
         f"Wall-clock speedup (autoregressive time / Multiverse time): **{summary['speedup']:.3f}** at the eval batch "
         f"of {summary['eval_batch_size']}, **{summary['speedup_batch1']:.3f}** per problem at batch 1 (the paper's "
@@ -367,7 +376,9 @@ def _plots(out: Path, summary: dict, per_problem: dict[str, list[dict]]) -> None
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     names = ["Multiverse", "autoregressive"]
-    ax.bar(names, [summary["accuracy_multiverse"], summary["accuracy_autoregressive"]], color=["tab:purple", "tab:gray"])
+    ax.bar(
+        names, [summary["accuracy_multiverse"], summary["accuracy_autoregressive"]], color=["tab:purple", "tab:gray"]
+    )
     ax.bar(["well-formed"], [summary["well_formed"]], color="tab:green")
     ax.set_ylim(0, 1)
     ax.set_title("held-out accuracy and well-formedness")
@@ -388,7 +399,11 @@ def _plots(out: Path, summary: dict, per_problem: dict[str, list[dict]]) -> None
 
     # per problem: decode steps the baseline needed / decode steps the Multiverse model needed
     ar_steps = {r["id"]: r["decode_steps"] for r in per_problem["autoregressive"]}
-    ratios = [ar_steps[r["id"]] / r["decode_steps"] for r in per_problem["multiverse"] if r["id"] in ar_steps and r["decode_steps"]]
+    ratios = [
+        ar_steps[r["id"]] / r["decode_steps"]
+        for r in per_problem["multiverse"]
+        if r["id"] in ar_steps and r["decode_steps"]
+    ]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.hist(ratios, bins=20, color="tab:orange")
     ax.axvline(summary["speedup"], color="black", linestyle="--", label=f"wall-clock {summary['speedup']:.2f}x")
@@ -431,7 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     summary = run_demo(args.out, replace(settings, precision=args.precision))
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("stage_seconds", "stage_cpu_seconds", "hardware")}, indent=2))
+    print(
+        json.dumps(
+            {k: v for k, v in summary.items() if k not in ("stage_seconds", "stage_cpu_seconds", "hardware")}, indent=2
+        )
+    )
     print(f"[demo] report: {Path(args.out) / 'report.md'}")
     print(f"[demo] {summary['verdict']}")
     return 0

@@ -23,7 +23,9 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multiverse generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a Multiverse model folder (from `multiverse convert` or training)")
+    parser.add_argument(
+        "--model", required=True, help="a Multiverse model folder (from `multiverse convert` or training)"
+    )
     parser.add_argument("--prompt", required=True, help="the question")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="budget over all branches (default 512)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")

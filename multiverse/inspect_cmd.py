@@ -86,7 +86,9 @@ def _load_tokenizer(folder: str | None):
     from runtime.paths import TOKENIZER_FILES, is_local
 
     if is_local(folder, "--tokenizer") and not any((Path(folder) / f).is_file() for f in TOKENIZER_FILES):
-        raise FileNotFoundError(f"--tokenizer {folder}: the folder has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])})")
+        raise FileNotFoundError(
+            f"--tokenizer {folder}: the folder has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])})"
+        )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return tokenizer, tag_ids_from_tokenizer(tokenizer)
 
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multiverse inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", help="JSONL file, one record per line")
     parser.add_argument("--field", default="response", help="the text field holding the response")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder with the tags (default: the embedded SmolLM2 + tags)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder with the tags (default: the embedded SmolLM2 + tags)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per record, then a summary line")
     args = parser.parse_args(argv)
 
@@ -115,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"summary": summary}))
         return 0
-    header = f"{'id':<28} {'valid':<5} {'blocks':>6} {'paths':>5} {'depth':>5} {'tokens':>7} {'critical':>8} {'ideal':>6}"
+    header = (
+        f"{'id':<28} {'valid':<5} {'blocks':>6} {'paths':>5} {'depth':>5} {'tokens':>7} {'critical':>8} {'ideal':>6}"
+    )
     print(header)
     for r in reports:
         if r["valid"]:

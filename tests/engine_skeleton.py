@@ -45,7 +45,8 @@ FREE = -1
 @dataclass
 class Template:
     ids: list[int] = field(default_factory=list)  # FREE where the model chooses
-    blocks: list[tuple[int, list[tuple[int, list[int]]]]] = field(default_factory=list)  # (first unit, [(unit start, seed)])
+    # (first unit, [(unit start, seed)])
+    blocks: list[tuple[int, list[tuple[int, list[int]]]]] = field(default_factory=list)
 
 
 def block(labels: list[str], paths: list[list], outline: int = 2, conclusion: int = 3) -> dict:
@@ -67,7 +68,9 @@ def skeleton_template(tokenizer, body: list, answer: int = 2) -> Template:
             else:
                 out.ids.extend(enc(f"{TAGS[PARALLEL]}\n{TAGS[GOAL]}"))
                 for label in item["labels"]:
-                    out.ids.extend(enc(f"\n{TAGS[OUTLINE]}{label}:") + [FREE] * item["outline"] + enc(TAGS[OUTLINE_END]))
+                    out.ids.extend(
+                        enc(f"\n{TAGS[OUTLINE]}{label}:") + [FREE] * item["outline"] + enc(TAGS[OUTLINE_END])
+                    )
                 out.ids.extend(enc(f"\n{TAGS[GOAL_END]}"))
                 units = []
                 out.blocks.append((len(out.ids), units))

@@ -47,7 +47,9 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     )
     LlamaForCausalLM(config).save_pretrained(root / "plain")
     plain_tokenizer.save_pretrained(root / "plain")
-    shutil.copytree(root / "plain", root / "no-tokenizer", ignore=shutil.ignore_patterns("tokenizer*", "chat_template*"))
+    shutil.copytree(
+        root / "plain", root / "no-tokenizer", ignore=shutil.ignore_patterns("tokenizer*", "chat_template*")
+    )
     (root / "gpt2").mkdir()
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(root / "gpt2")
     plain_tokenizer.save_pretrained(root / "gpt2")
@@ -175,7 +177,9 @@ def test_end_to_end_processes_show_one_line_and_no_traceback(tmp_path, folders):
 
 
 def test_convert_missing_base_is_no_such_folder(capsys, tmp_path):
-    line = refused(run(capsys, "convert", "--base", tmp_path / "nowhere" / "model", "--out", tmp_path / "out"), "no such folder")
+    line = refused(
+        run(capsys, "convert", "--base", tmp_path / "nowhere" / "model", "--out", tmp_path / "out"), "no such folder"
+    )
     assert "Repo id" not in line
     assert not (tmp_path / "out").exists()
 
@@ -187,7 +191,11 @@ def test_convert_folder_without_tokenizer_says_so(capsys, tmp_path, folders):
 
 def test_convert_folder_without_config(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
-    refused(run(capsys, "convert", "--base", tmp_path / "empty", "--out", tmp_path / "out"), "not a model folder", "config.json")
+    refused(
+        run(capsys, "convert", "--base", tmp_path / "empty", "--out", tmp_path / "out"),
+        "not a model folder",
+        "config.json",
+    )
 
 
 def test_convert_missing_gguf(capsys, tmp_path):
@@ -195,7 +203,9 @@ def test_convert_missing_gguf(capsys, tmp_path):
 
 
 def test_convert_unsupported_architecture(capsys, tmp_path, folders):
-    refused(run(capsys, "convert", "--base", folders["gpt2"], "--out", tmp_path / "out"), "unsupported architecture", "gpt2")
+    refused(
+        run(capsys, "convert", "--base", folders["gpt2"], "--out", tmp_path / "out"), "unsupported architecture", "gpt2"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -282,7 +292,11 @@ def test_inspect_tokenizer_paths(capsys, tmp_path, folders):
 
 
 def test_generate_refuses_a_plain_model_before_loading_it(capsys, folders):
-    refused(run(capsys, "generate", "--model", folders["plain"], "--prompt", "hi"), "plain 'llama' model", "convert it first")
+    refused(
+        run(capsys, "generate", "--model", folders["plain"], "--prompt", "hi"),
+        "plain 'llama' model",
+        "convert it first",
+    )
 
 
 def test_generate_missing_model_is_no_such_folder(capsys, tmp_path):
@@ -322,7 +336,9 @@ def test_generate_empty_prompt(capsys, folders):
 def test_tags_in_a_question_are_text_not_structure(capsys, folders):
     """Issue 12.2: the user's tag strings used to be tokenized into control tags and crash the engine."""
     prompt = "What does the tag <Parallel></Parallel> mean? And </Path>, <Goal>?"
-    code, out, err = run(capsys, "generate", "--model", folders["multiverse"], "--prompt", prompt, "--max-new-tokens", "6", "--json")
+    code, out, err = run(
+        capsys, "generate", "--model", folders["multiverse"], "--prompt", prompt, "--max-new-tokens", "6", "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["prompt"] == prompt
 
@@ -354,7 +370,9 @@ def test_train_output_equal_to_model_is_refused(capsys, tmp_path, folders, probl
     model = tmp_path / "model"
     shutil.copytree(folders["multiverse"], model)
     before = snapshot(model)
-    refused(run(capsys, "train", "--model", model, "--dataset", problems, "--output", model), "would overwrite the model")
+    refused(
+        run(capsys, "train", "--model", model, "--dataset", problems, "--output", model), "would overwrite the model"
+    )
     refused(run(capsys, "train", "--model", model, "--dataset", problems, "--output", tmp_path / ".." / tmp_path.name / "model"),
             "would overwrite the model")
     assert snapshot(model) == before
@@ -364,8 +382,12 @@ def test_train_paths_and_kinds(capsys, tmp_path, folders):
     out = tmp_path / "out"
     problems = tmp_path / "train.jsonl"
     problems.write_text(json.dumps({"prompt": "a", "completion": "<Think>b</Think>c"}) + "\n")
-    refused(run(capsys, "train", "--model", tmp_path / "x" / "y", "--dataset", problems, "--output", out), "no such folder")
-    refused(run(capsys, "train", "--model", folders["plain"], "--dataset", problems, "--output", out), "convert it first")
+    refused(
+        run(capsys, "train", "--model", tmp_path / "x" / "y", "--dataset", problems, "--output", out), "no such folder"
+    )
+    refused(
+        run(capsys, "train", "--model", folders["plain"], "--dataset", problems, "--output", out), "convert it first"
+    )
     refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", tmp_path / "none.jsonl", "--output", out),
             "no such file or folder")
     refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", problems, "--output", problems),
@@ -381,7 +403,11 @@ def test_train_bad_dataset_lines_and_values(capsys, tmp_path, folders):
     out = tmp_path / "out"
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "a", "completion": "<Think>b</Think>c"}\n{"prompt": \n')
-    refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", data, "--output", out), f"{data}:2:", "not valid JSON")
+    refused(
+        run(capsys, "train", "--model", folders["multiverse"], "--dataset", data, "--output", out),
+        f"{data}:2:",
+        "not valid JSON",
+    )
     data.write_text('{"prompt": "a", "completion": "<Think>b</Think>c"}\n')
     refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", data, "--output", out, "--ar_fraction", "2"),
             "--ar_fraction")
@@ -400,7 +426,9 @@ def test_train_on_curate_output_points_to_the_export(capsys, tmp_path, folders, 
 def test_curate_export_is_accepted_by_train(capsys, tmp_path, folders, problems):
     """Issue 12.8: the output of one stage is the input of the next, as the README says."""
     export = tmp_path / "export"
-    code, _, err = run(capsys, "curate", "--input", problems, "--output", tmp_path / "c.jsonl", "--no-progress", "--export-dir", export)
+    code, _, err = run(
+        capsys, "curate", "--input", problems, "--output", tmp_path / "c.jsonl", "--no-progress", "--export-dir", export
+    )
     assert code == 0, err
     from trl_recipes.data import load_sft_dataset
 
@@ -460,7 +488,11 @@ def test_curate_refuses_a_foreign_output_without_final_newline(capsys, problems,
     output = tmp_path / "notes.jsonl"
     output.write_text('{"my": "notes"}\nlast line without newline')
     before = snapshot(output)
-    refused(run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"), str(output), "not a curated record")
+    refused(
+        run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"),
+        str(output),
+        "not a curated record",
+    )
     assert snapshot(output) == before
     for text in ("just text", "5", '[1, 2]'):  # no newline at the end of any: each used to be cut to nothing
         output.write_text(text)
@@ -486,7 +518,10 @@ def test_curate_second_writer_is_refused(capsys, problems, tmp_path):
     holder = os.open(output, os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running curate holds
     try:
-        refused(run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"), "another `multiverse curate` run")
+        refused(
+            run(capsys, "curate", "--input", problems, "--output", output, "--no-progress"),
+            "another `multiverse curate` run",
+        )
     finally:
         os.close(holder)
     assert output.read_text() == ""
@@ -513,7 +548,8 @@ def test_curate_backend_outage_leaves_records_pending_and_a_rerun_retries(capsys
                        "--model", "m", "--no-progress", "--workers", "2"), "6 of 6 records left pending", "rerun")
     assert "Connection" in line or "refused" in line
     assert curated_lines(output) == []  # nothing stored as rejected
-    code, _, err = run(capsys, "curate", "--input", problems, "--output", output, "--no-progress")  # the rerun retries them
+    # the rerun retries them
+    code, _, err = run(capsys, "curate", "--input", problems, "--output", output, "--no-progress")
     assert code == 0, err
     assert len(curated_lines(output)) == 6
 
@@ -559,7 +595,9 @@ def test_curate_bad_input_lines(capsys, tmp_path):
     refused(run(capsys, "curate", "--input", data, "--output", output, "--no-progress"), f"{data}:2:", "duplicate id")
     data.write_bytes(b'{"id": "a", "sequential": "\xff"}\n')
     refused(run(capsys, "curate", "--input", data, "--output", output, "--no-progress"), f"{data}:1:", "UTF-8")
-    refused(run(capsys, "curate", "--input", tmp_path / "none.jsonl", "--output", output, "--no-progress"), "no such file")
+    refused(
+        run(capsys, "curate", "--input", tmp_path / "none.jsonl", "--output", output, "--no-progress"), "no such file"
+    )
     assert not output.exists()
 
 
@@ -796,7 +834,11 @@ def test_python_api_refusals(tmp_path, folders, problems):
     before = snapshot(model)
     data = RecipeArguments(dataset_name=str(problems))
     with pytest.raises(ValueError, match="would overwrite the model"):
-        train(data, MultiverseSFTConfig(output_dir=str(model), report_to="none"), MultiverseModelConfig(model_name_or_path=str(model)))
+        train(
+            data,
+            MultiverseSFTConfig(output_dir=str(model), report_to="none"),
+            MultiverseModelConfig(model_name_or_path=str(model)),
+        )
     with pytest.raises(FileNotFoundError, match="no such folder"):
         train(data, MultiverseSFTConfig(output_dir=str(tmp_path / "out"), report_to="none"),
               MultiverseModelConfig(model_name_or_path=str(tmp_path / "x" / "y")))

@@ -46,7 +46,9 @@ def reference(batch, tokenizer):
 
 
 def test_collated_masks_and_positions_equal_the_core_reference(tokenizer):
-    prepared, report = prepare_dataset(Dataset.from_list(rows([example_response(), SHORT, "plain answer"])), tokenizer, max_length=None)
+    prepared, report = prepare_dataset(
+        Dataset.from_list(rows([example_response(), SHORT, "plain answer"])), tokenizer, max_length=None
+    )
     batch = MultiverseDataCollator(tokenizer.pad_token_id)(list(prepared))
     assert batch["attention_mask"].sum(1).tolist() == prepared["length"]
     assert len(set(prepared["length"])) == 3  # padding is exercised
@@ -79,13 +81,17 @@ def test_labels_cover_exactly_the_completion(tokenizer):
     labels = prepared[0]["labels"]
     first = next(i for i, t in enumerate(labels) if t != -100)
     assert all(t == -100 for t in labels[:first]) and all(t != -100 for t in labels[first:])
-    prompt_text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 1+2? 0"}], add_generation_prompt=True, tokenize=False)
+    prompt_text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 1+2? 0"}], add_generation_prompt=True, tokenize=False
+    )
     assert tokenizer.decode(prepared[0]["input_ids"][:first]) == prompt_text
     assert tokenizer.decode(labels[first:]).startswith(SHORT)
 
 
 def test_autoregressive_recipe_flattens_and_has_plain_causal_attention(tokenizer):
-    prepared, report = prepare_dataset(Dataset.from_list(rows([example_response(), SHORT])), tokenizer, recipe="autoregressive", max_length=None)
+    prepared, report = prepare_dataset(
+        Dataset.from_list(rows([example_response(), SHORT])), tokenizer, recipe="autoregressive", max_length=None
+    )
     assert report.autoregressive == 2
     tags = set(tag_ids_from_tokenizer(tokenizer).values())
     assert not tags & {t for r in prepared["input_ids"] for t in r}
@@ -168,7 +174,9 @@ def test_mixture_flattens_a_seeded_share_and_puts_it_first(tokenizer):
 
 def test_examples_whose_prompt_fills_max_length_are_skipped(tokenizer):
     data = Dataset.from_list(rows([SHORT, SHORT], prompt="a long prompt " * 5) + rows([SHORT], prompt="?"))
-    prompt_text = tokenizer.apply_chat_template([{"role": "user", "content": "? 2"}], add_generation_prompt=True, tokenize=False)
+    prompt_text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "? 2"}], add_generation_prompt=True, tokenize=False
+    )
     prompt_length = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
     prepared, report = prepare_dataset(data, tokenizer, max_length=prompt_length + 5)
     assert [i for i, _ in report.skipped] == [0, 1] and "max_length" in report.skipped[0][1]

@@ -80,5 +80,7 @@ def test_bad_base_and_existing_output_are_refused(tmp_path, capsys):
     assert main(["--base", str(tmp_path / "base"), "--out", str(tmp_path / "out"), "--overwrite"]) == 0
     assert (tmp_path / "out" / "model.safetensors").is_file()
     # the card, and the engine that the model's save_pretrained writes
-    assert {"README.md", "multiverse_conversion.json", "custom_generate"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"README.md", "multiverse_conversion.json", "custom_generate"} <= {
+        p.name for p in (tmp_path / "out").iterdir()
+    }
     assert (tmp_path / "out" / "custom_generate" / "generate.py").is_file()

@@ -30,10 +30,16 @@ def scripted_model(prompt: str) -> str:
     if "Stage 2 of 3" in prompt:
         steps = re.findall(r"^Step (\d+):", prompt, re.MULTILINE)
         last = len(steps) - 1  # every step but the last is one independent part; the last combines them
-        return "```json\n" + json.dumps({"groups": [{"first": 0, "last": last - 1, "kind": "collective", "merge": last}]}) + "\n```"
+        return (
+            "```json\n"
+            + json.dumps({"groups": [{"first": 0, "last": last - 1, "kind": "collective", "merge": last}]})
+            + "\n```"
+        )
     if "Stage 3 of 3" in prompt:
         n = int(re.search(r"works on (\d+) independent parts", prompt).group(1))
-        return json.dumps({"outlines": [f"Count part {k + 1}" for k in range(n)], "context": [""] * n, "conclusion": None})
+        return json.dumps(
+            {"outlines": [f"Count part {k + 1}" for k in range(n)], "context": [""] * n, "conclusion": None}
+        )
     return "pong"
 
 
@@ -45,7 +51,10 @@ def serve(port_file: str, log_file: str, behaviours: list[str]) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             behaviour = queue.pop(0) if queue else "ok"
             with open(log_file, "a") as log:
-                log.write(json.dumps({"path": self.path, "behaviour": behaviour, "auth": self.headers.get("Authorization")}) + "\n")
+                log.write(
+                    json.dumps({"path": self.path, "behaviour": behaviour, "auth": self.headers.get("Authorization")})
+                    + "\n"
+                )
             if behaviour.startswith("sleep:"):
                 time.sleep(float(behaviour.split(":")[1]))
                 behaviour = "ok"
@@ -161,7 +170,14 @@ def test_llm_pipeline_over_http_converts_and_reruns_from_cache(server_factory, t
     server = server_factory("429")
     problems = tmp_path / "problems.jsonl"
     write_jsonl(synthesize(6, seed=3, k=(2, 3)), problems)
-    options = dict(backend="openai", base_url=server.url, model="scripted", api_key="k", cache_dir=tmp_path / "cache", progress=False)
+    options = dict(
+        backend="openai",
+        base_url=server.url,
+        model="scripted",
+        api_key="k",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     summary = curate_file(problems, tmp_path / "out.jsonl", workers=3, **options)
     assert summary["converted"] == 6, summary
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -183,7 +199,10 @@ def test_local_backend_rejects_unusable_answers_with_a_reason(tmp_path):
 
     model, tokenizer = tiny_model()
     backend = TransformersBackend(model=model, tokenizer=tokenizer, max_new_tokens=8)
-    record = {"id": "x", "sequential": "A: 1 + 2 = 3.\nB: 4 + 5 = 9.\nTotal: 3 + 9 = 12.\nSo the answer is \\boxed{12}."}
+    record = {
+        "id": "x",
+        "sequential": "A: 1 + 2 = 3.\nB: 4 + 5 = 9.\nTotal: 3 + 9 = 12.\nSo the answer is \\boxed{12}.",
+    }
     result = curate_record(record, LLMStructurer(backend), retries=1)
     assert result["status"] == "rejected" and result["reason"].startswith("stage: split:")
     assert result["scores"]["attempts"] == 2

@@ -26,7 +26,11 @@ def test_splits_share_prompts_and_differ_in_completions(curated):
     assert len(mv) == len(ar) == 30 and mv["id"] == ar["id"]
     by_id = {r["id"]: r for r in synthesize(30, seed=5, nesting=0.3)}
     for m, a in zip(mv, ar):
-        assert m["prompt"] == a["prompt"] == [{"role": "user", "content": f"{by_id[m['id']]['question']} {PARALLEL_INSTRUCTION}"}]
+        assert (
+            m["prompt"]
+            == a["prompt"]
+            == [{"role": "user", "content": f"{by_id[m['id']]['question']} {PARALLEL_INSTRUCTION}"}]
+        )
         response = m["completion"][0]["content"]
         assert m["completion"][0]["role"] == "assistant" and parse_text(response, require_think=True).blocks
         assert a["completion"][0]["content"] == by_id[m["id"]]["sequential"]
@@ -39,7 +43,9 @@ def test_export_writes_disk_parquet_and_card(curated, tmp_path):
     export_file(output, problems, tmp_path / "export")
     reloaded = datasets.load_from_disk(str(tmp_path / "export" / "dataset"))
     assert set(reloaded) == {"multiverse", "autoregressive"} and len(reloaded["multiverse"]) == 30
-    parquet = datasets.load_dataset("parquet", data_files=str(tmp_path / "export" / "multiverse.parquet"), split="train")
+    parquet = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "export" / "multiverse.parquet"), split="train"
+    )
     assert parquet["id"] == reloaded["multiverse"]["id"]
     card = (tmp_path / "export" / "README.md").read_text()
     assert card.startswith("---") and "converted: 30" in card

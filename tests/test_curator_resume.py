@@ -25,7 +25,10 @@ def _lines(path: Path) -> int:
 
 def _curate_command(problems: Path, output: Path) -> list[str]:
     code = "import sys; from multiverse.cli import main; sys.exit(main(sys.argv[1:]))"
-    return [sys.executable, "-c", code, "curate", "--input", str(problems), "--output", str(output), "--backend", "rules", "--no-progress"]
+    return [
+        sys.executable, "-c", code,
+        "curate", "--input", str(problems), "--output", str(output), "--backend", "rules", "--no-progress",
+    ]
 
 
 def test_acceptance_sigkill_then_rerun(tmp_path):

@@ -67,7 +67,12 @@ def test_cases_and_options_make_selective_blocks():
     [block] = blocks(plan_chain(steps))
     assert block.kind == "selective" and block.conclusion == steps[-1]
     assert block.outlines[0].startswith("Case 1") and block.paths[1] == steps[2:4]
-    options = ["(A) 12 is prime: false.", "(B) 13 is prime: true.", "(C) 15 is prime: false.", "Therefore the answer is (B)."]
+    options = [
+        "(A) 12 is prime: false.",
+        "(B) 13 is prime: true.",
+        "(C) 15 is prime: false.",
+        "Therefore the answer is (B).",
+    ]
     [block] = blocks(plan_chain(options))
     assert len(block.paths) == 3 and block.conclusion == options[-1]
 
@@ -84,20 +89,26 @@ ANSWER = "So the answer is \\boxed{12}."
 
 
 def test_validator_accepts_a_good_conversion():
-    response = render_response([ParallelPlan(["A", "B"], [["A: 1 + 2 = 3."], ["B: 4 + 5 = 9."]], "Total: 3 + 9 = 12.")], ANSWER)
+    response = render_response(
+        [ParallelPlan(["A", "B"], [["A: 1 + 2 = 3."], ["B: 4 + 5 = 9."]], "Total: 3 + 9 = 12.")], ANSWER
+    )
     verdict = validate_response(response, CHAIN)
     assert verdict.ok and verdict.scores["branches"] == 2 and verdict.scores["coverage"] == 1.0
 
 
 def test_validator_rejects_broken_grammar_with_an_offset():
-    good = render_response([ParallelPlan(["A", "B"], [["A: 1 + 2 = 3."], ["B: 4 + 5 = 9."]], "Total: 3 + 9 = 12.")], ANSWER)
+    good = render_response(
+        [ParallelPlan(["A", "B"], [["A: 1 + 2 = 3."], ["B: 4 + 5 = 9."]], "Total: 3 + 9 = 12.")], ANSWER
+    )
     broken = good.replace(format_response("", "").split("\n")[-2], "", 1)  # drop </Think>
     verdict = validate_response(broken, CHAIN)
     assert not verdict.ok and verdict.reason.startswith("grammar: at char")
 
 
 def test_validator_rejects_lost_content():
-    response = format_response(format_parallel([("1", "A"), ("2", "B")], ["A: 1 + 2 = 3.", "B: 4 + 5 = 9."], "Sum."), ANSWER)
+    response = format_response(
+        format_parallel([("1", "A"), ("2", "B")], ["A: 1 + 2 = 3.", "B: 4 + 5 = 9."], "Sum."), ANSWER
+    )
     verdict = validate_response(response, CHAIN)
     assert not verdict.ok and verdict.reason.startswith("coverage:") and verdict.scores["coverage"] < 0.95
     assert coverage(CHAIN, response) == pytest.approx(verdict.scores["coverage"], abs=1e-4)
@@ -109,7 +120,9 @@ def test_validator_rejects_a_path_using_a_sibling_result():
         format_parallel([("1", "A"), ("2", "B")], ["A: 1 + 2 = 3.", "B: 3 + 5 = 8."], "Total: 3 + 8 = 11."), "\\boxed{11}"
     )
     verdict = validate_response(response, chain)
-    assert not verdict.ok and verdict.reason.startswith("independence: path '2' uses ['3'] first computed in sibling path '1'")
+    assert not verdict.ok and verdict.reason.startswith(
+        "independence: path '2' uses ['3'] first computed in sibling path '1'"
+    )
     # the same number given in the question is not a sibling's result
     assert validate_response(response, chain, question="Start from 3.").ok
 
@@ -120,7 +133,8 @@ def test_validator_rejects_empty_outlines_and_wrong_nested_labels():
     inner = format_parallel([("3.1", "a"), ("3.2", "b")], ["p", "q"], "r")
     nested = format_response(format_parallel([("1", "A"), ("2", "B")], [inner, "s"], "t"), "u")
     parse_text(nested, require_think=True)  # grammatical ...
-    assert "does not extend its path's label '1'" in validate_response(nested, "p q r s t u").reason  # ... but mislabelled
+    # ... but mislabelled
+    assert "does not extend its path's label '1'" in validate_response(nested, "p q r s t u").reason
 
 
 def test_recovery_benchmark_finds_every_block_of_rules_curated_traces(tmp_path):
@@ -136,7 +150,12 @@ def test_recovery_benchmark_finds_every_block_of_rules_curated_traces(tmp_path):
     traces = tmp_path / "traces.jsonl"
     with open(traces, "w") as f:
         for row in synthesize(20, seed=3, nesting=0.5):
-            f.write(json.dumps({"problem": row["question"], "response": curate_record(row, RulesStructurer())["multiverse"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {"problem": row["question"], "response": curate_record(row, RulesStructurer())["multiverse"]}
+                )
+                + "\n"
+            )
     assert recovery.main(["--traces", str(traces), "--json", str(tmp_path / "report.json")]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["parsed"] == 20 and report["original_blocks"] > 20

@@ -28,7 +28,15 @@ def check_run(out, summary, settings):
     assert 0.0 <= summary["accuracy_multiverse"] <= 1.0 and summary["parallelism"] >= 1.0 and summary["speedup"] > 0
     assert summary["latency_problems"] == settings.latency_problems and summary["speedup_batch1"] > 0
     assert summary["precision"]["requested"] == settings.precision and summary["hardware"]["fp32_gflops"] > 0
-    stages = {"hardware", "synth", "curate", "convert", "train-multiverse", "train-autoregressive", "latency-multiverse"}
+    stages = {
+        "hardware",
+        "synth",
+        "curate",
+        "convert",
+        "train-multiverse",
+        "train-autoregressive",
+        "latency-multiverse",
+    }
     assert stages <= set(summary["stage_seconds"]) and stages <= set(summary["stage_cpu_seconds"])
     report = (out / "report.md").read_text()
     assert "accuracy" in report and "Wall-clock speedup" in report and "Hardware: " in report
@@ -71,7 +79,9 @@ def test_only_the_top_layers_and_the_embeddings_were_trained(micro_run):
     changed = {name for name, weight in trained.items() if not weight.equal(base[name])}
     top = max(int(name.split(".layers.")[1].split(".")[0]) for name in base if ".layers." in name)
     trained_names = (f".layers.{top}.", "embed_tokens", "lm_head")
-    assert changed and all(any(part in name for part in trained_names) or name.endswith(".norm.weight") for name in changed)
+    assert changed and all(
+        any(part in name for part in trained_names) or name.endswith(".norm.weight") for name in changed
+    )
     assert any(f".layers.{top}." in name for name in changed)
 
 
@@ -109,7 +119,10 @@ def test_demo_seeds_trains_two_seeds_on_the_runs_data_and_resumes(micro_run, tmp
     printed = capsys.readouterr().out
     result = json.loads((out / "seeds.json").read_text())
     assert set(result["seeds"]) == {"1", "2"} and result["settings"]["max_steps"] == MICRO.max_steps
-    assert result["settings"]["n_eval"] == 1 and json.loads((out / "seed-1" / "eval-multiverse.json").read_text())["n"] == 1
+    assert (
+        result["settings"]["n_eval"] == 1
+        and json.loads((out / "seed-1" / "eval-multiverse.json").read_text())["n"] == 1
+    )
     for seed in ("1", "2"):
         assert json.loads((out / f"seed-{seed}" / "settings.json").read_text())["seed"] == int(seed)
         assert 0.0 <= result["seeds"][seed]["autoregressive"]["step_accuracy"] <= 1.0

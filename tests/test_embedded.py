@@ -16,7 +16,9 @@ def embedded(converted_smollm2):
 
 
 def response() -> str:
-    inner = format_parallel([("1.1", "halve"), ("1.2", "double")], ["6 / 2 = 3", "6 * 2 = 12, a longer path"], "3 and 12")
+    inner = format_parallel(
+        [("1.1", "halve"), ("1.2", "double")], ["6 / 2 = 3", "6 * 2 = 12, a longer path"], "3 and 12"
+    )
     outer = format_parallel(
         [("1", "the first part"), ("2", "the second part"), ("3", "the third")],
         [f"Compute both. {inner} So 15.", "4 + 5 = 9.", "Nothing to add here."],

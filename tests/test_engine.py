@@ -81,11 +81,15 @@ def test_spec7_invariant_single_prompt(tiny, name):
     assert len(response) == len(template.ids) + 1 and response[-1] == tokenizer.eos_token_id
     assert all(t == FREE or t == r for t, r in zip(template.ids, response)), "the skeleton was not followed"
     parse_ids(response, tag_ids_from_tokenizer(tokenizer), decode=tokenizer.decode, require_think=True)
-    checked, mismatched = free_argmax_mismatches(model, tokenizer, out.sequences, enc["attention_mask"], template, responses)
+    checked, mismatched = free_argmax_mismatches(
+        model, tokenizer, out.sequences, enc["attention_mask"], template, responses
+    )
     assert checked > 10 and mismatched == 0
     # the stats describe the skeleton, and the engine used fewer steps than tokens
     blocks = out.blocks[0]
-    assert [b["labels"] for b in blocks if b["depth"] == 0] == [s["labels"] for s in SKELETONS[name] if isinstance(s, dict)]
+    assert [b["labels"] for b in blocks if b["depth"] == 0] == [
+        s["labels"] for s in SKELETONS[name] if isinstance(s, dict)
+    ]
     assert out.decode_steps[0] < out.generated_tokens[0] and out.parallelism[0] > 1
     # no KV copies, no re-prefill: the cache holds each canonical token at most once
     assert out.cache_tokens <= enc["input_ids"].shape[1] + len(response)
@@ -96,7 +100,9 @@ def test_spec7_invariant_batch_of_prompts(tiny):
     template = skeleton_template(tokenizer, SKELETONS["nested"])
     texts = ["hi", "What is the sum of the first ten odd numbers?", "Solve x+1=3."]
     enc, out, responses = run(model, tokenizer, texts, template)
-    checked, mismatched = free_argmax_mismatches(model, tokenizer, out.sequences, enc["attention_mask"], template, responses)
+    checked, mismatched = free_argmax_mismatches(
+        model, tokenizer, out.sequences, enc["attention_mask"], template, responses
+    )
     assert checked == 3 * sum(t == FREE for t in template.ids) and mismatched == 0
     assert len({tuple(r) for r in responses}) == 3, "different prompts should give different free content"
     for row in range(3):
@@ -113,7 +119,9 @@ def test_nesting_beyond_max_depth_runs_sequentially(tiny):
     assert shallow.decode_steps[0] > deep.decode_steps[0]
     _, flat, _ = run(model, tokenizer, ["hey"], template, max_depth=0)
     assert flat.decode_steps[0] > shallow.decode_steps[0]
-    checked, mismatched = free_argmax_mismatches(model, tokenizer, shallow.sequences, enc["attention_mask"], template, responses)
+    checked, mismatched = free_argmax_mismatches(
+        model, tokenizer, shallow.sequences, enc["attention_mask"], template, responses
+    )
     assert mismatched == 0
 
 

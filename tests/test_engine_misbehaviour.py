@@ -10,7 +10,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from modeling_multiverse import TAGS, parse_ids, remove_tags, tag_ids_from_tokenizer
 from modeling_multiverse.structure import PATH, THINK
 
-T = dict(zip(["think", "/think", "par", "/par", "goal", "/goal", "out", "/out", "path", "/path", "conc", "/conc"], TAGS))
+T = dict(
+    zip(["think", "/think", "par", "/par", "goal", "/goal", "out", "/out", "path", "/path", "conc", "/conc"], TAGS)
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +101,24 @@ def path_units(response, structure):
 
 def test_budget_running_out_mid_branch_closes_and_keeps_text(tiny):
     model, tok = tiny
-    template = skeleton_template(tok, [2, block(["1", "2", "3"], [[30], [2, block(["2.1", "2.2"], [[20], [25]])], [40]])])
+    template = skeleton_template(
+        tok, [2, block(["1", "2", "3"], [[30], [2, block(["2.1", "2.2"], [[20], [25]])], [40]])]
+    )
     _, full, full_structure, _ = generate(model, tok, SkeletonProcessor(template, tok), max_new_tokens=400)
     full_paths = path_units(full, full_structure)
     # what closing may add: tags, newlines, and labels ("1:") of paths it had to write
-    closing_vocab = set(tag_ids_from_tokenizer(tok).values()) | set(tok("\n0123456789.:", add_special_tokens=False)["input_ids"])
+    closing_vocab = set(tag_ids_from_tokenizer(tok).values()) | set(
+        tok("\n0123456789.:", add_special_tokens=False)["input_ids"]
+    )
     for budget in (25, 60, 90, 130):
         out, cut, structure, _ = generate(model, tok, SkeletonProcessor(template, tok), max_new_tokens=budget)
         assert out.generated_tokens[0] <= budget and out.closing_tokens[0] > 0
         assert structure.blocks and all(b.close is not None for b in structure.iter_blocks())
         # each path is what the full run wrote in that path, cut short, then closing tags only
         for path in path_units(cut, structure):
-            common = max(next((i for i, (a, b) in enumerate(zip(path, f)) if a != b), min(len(path), len(f))) for f in full_paths)
+            common = max(
+                next((i for i, (a, b) in enumerate(zip(path, f)) if a != b), min(len(path), len(f))) for f in full_paths
+            )
             assert common > 3 and set(path[common:]) <= closing_vocab, tok.decode(path)
 
 

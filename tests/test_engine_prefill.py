@@ -49,7 +49,10 @@ def continue_(model, tokenizer, template, prompts: list[list[int]]):
         tokenizer=tokenizer,
         max_new_tokens=600,
     )
-    responses = [out.sequences[row, width : width + n + c].tolist() for row, (n, c) in enumerate(zip(out.generated_tokens, out.closing_tokens))]
+    responses = [
+        out.sequences[row, width : width + n + c].tolist()
+        for row, (n, c) in enumerate(zip(out.generated_tokens, out.closing_tokens))
+    ]
     return responses, out.token_logprobs, out
 
 
@@ -75,7 +78,8 @@ def test_a_batch_mixing_structured_and_plain_prompts():
     model, tokenizer = tiny_model("qwen2", layers=2, seed=1)
     template, prompt, rest, logprobs = cut_after_first_block(model, tokenizer, "two_blocks")
     _, plain, _, _ = cut_after_first_block(model, tokenizer, "flat2_uneven")
-    plain = plain[: parse_ids(plain, tag_ids_from_tokenizer(tokenizer), partial=True).blocks[0].open]  # cut before any block
+    # cut before any block
+    plain = plain[: parse_ids(plain, tag_ids_from_tokenizer(tokenizer), partial=True).blocks[0].open]
     alone, _, _ = continue_(model, tokenizer, template, [plain])
     responses, token_logprobs, _ = continue_(model, tokenizer, template, [plain, prompt])
     assert responses == [alone[0], rest]

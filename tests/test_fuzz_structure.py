@@ -118,7 +118,9 @@ class Driver:
         tag_ids = add_multiverse_tokens(stub, tokenizer)
         eos = torch.tensor(tokenizer.eos_token_id)
         config = SimpleNamespace(_eos_token_tensor=eos, _pad_token_tensor=eos, do_sample=False)
-        self.engine = MultiverseEngine(stub, tokenizer, config, None, None, {"max_depth": 2, "max_branches": 3, "max_branch_tokens": 12})
+        self.engine = MultiverseEngine(
+            stub, tokenizer, config, None, None, {"max_depth": 2, "max_branches": 3, "max_branch_tokens": 12}
+        )
         self.engine.max_new_tokens = 10**9
         self.tag_ids = tag_ids
         self.text_id = tokenizer.convert_tokens_to_ids("a")

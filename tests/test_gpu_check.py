@@ -39,7 +39,13 @@ def test_dry_run_checks_every_script_and_writes_one_json_and_one_table(tmp_path)
     assert report["tp"]["shards"], "N = 1 still runs the sharded (DTensor) path"
     assert report["engine"]["hardware"] == "CPU (dry run)"
     markdown = (out / "gpu_check.md").read_text()
-    headings = ("| engine | 0 |", "## exactness", "fp32 invariant: **PASS**", "## tp", "| 1 | torch | gloo | cpu | True")
+    headings = (
+        "| engine | 0 |",
+        "## exactness",
+        "fp32 invariant: **PASS**",
+        "## tp",
+        "| 1 | torch | gloo | cpu | True",
+    )
     for heading in headings:
         assert heading in markdown
 

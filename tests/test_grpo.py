@@ -41,7 +41,9 @@ def tag_happy_model():
 
 
 def problems(n: int = 4) -> Dataset:
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"Add {i} and {i}."}], "answer": str(2 * i)} for i in range(n)])
+    return Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": f"Add {i} and {i}."}], "answer": str(2 * i)} for i in range(n)]
+    )
 
 
 def blocks_reward(completions, multiverse_text, **kwargs):
@@ -77,9 +79,17 @@ def test_loss_logprobs_equal_the_engines_sampled_logprobs(tmp_path):
 
 def loss_logprobs(trainer, rollout):
     """The loss's per-token log-probabilities of the rollout's completions (and entropies, completion mask)."""
-    prompt_ids = pad([torch.tensor(p) for p in rollout["prompt_ids"]], padding_value=trainer.processing_class.pad_token_id, padding_side="left")
-    prompt_mask = pad([torch.ones(len(p), dtype=torch.long) for p in rollout["prompt_ids"]], padding_value=0, padding_side="left")
-    completion_ids = pad([torch.tensor(c) for c in rollout["completion_ids"]], padding_value=trainer.processing_class.pad_token_id)
+    prompt_ids = pad(
+        [torch.tensor(p) for p in rollout["prompt_ids"]],
+        padding_value=trainer.processing_class.pad_token_id,
+        padding_side="left",
+    )
+    prompt_mask = pad(
+        [torch.ones(len(p), dtype=torch.long) for p in rollout["prompt_ids"]], padding_value=0, padding_side="left"
+    )
+    completion_ids = pad(
+        [torch.tensor(c) for c in rollout["completion_ids"]], padding_value=trainer.processing_class.pad_token_id
+    )
     completion_mask = pad([torch.ones(len(c), dtype=torch.long) for c in rollout["completion_ids"]], padding_value=0)
     with torch.no_grad():
         logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
@@ -138,19 +148,45 @@ def test_rollouts_and_loss_read_one_engine_options_object(tmp_path, monkeypatch)
 
 
 def test_rewards_alone():
-    right = "<Think>\n<Parallel>\n<Goal>\n<Outline>1: a</Outline>\n<Outline>2: b</Outline>\n</Goal>\n<Path>\n1: 3</Path>\n<Path>\n2: 4</Path>\n<Conclusion>\nmost is 4</Conclusion>\n</Parallel>\n</Think>\nSo the answer is \\boxed{4}."
+    right = (
+        "<Think>\n<Parallel>\n<Goal>\n<Outline>1: a</Outline>\n<Outline>2: b</Outline>\n</Goal>\n"
+        "<Path>\n1: 3</Path>\n<Path>\n2: 4</Path>\n<Conclusion>\nmost is 4</Conclusion>\n</Parallel>\n</Think>\n"
+        "So the answer is \\boxed{4}."
+    )
     wrong = right.replace("\\boxed{4}", "\\boxed{5}")
     cut = right.split("</Think>")[0]
     completions = [[{"role": "assistant", "content": t}] for t in (right, wrong, cut)]
     texts = [right, wrong, cut]
     assert correctness_reward(completions[:2], ["4"] * 2, multiverse_text=texts[:2]) == [1.0, 0.0]
     assert correctness_reward(completions[:2], ["4"] * 2) == [1.0, 0.0]  # from TRL's decoded text alone
-    assert format_reward(completions, multiverse_text=texts, forced_closing_tags=[0, 2, 0], forced_penalty=0.5) == [1.0, 0.5, 0.0]
+    assert format_reward(
+        completions, multiverse_text=texts, forced_closing_tags=[0, 2, 0], forced_penalty=0.5
+    ) == [1.0, 0.5, 0.0]
     # 30 tokens in 20 steps saves a third; the wrong answer is not paid for its parallelism
-    paid = parallel_reward(completions, ["4", "4", "7"], multiverse_text=texts, generated_tokens=[30, 30, 30], decode_steps=[20, 10, 10], cap=0.6)
+    paid = parallel_reward(
+        completions,
+        ["4", "4", "7"],
+        multiverse_text=texts,
+        generated_tokens=[30, 30, 30],
+        decode_steps=[20, 10, 10],
+        cap=0.6,
+    )
     assert paid == pytest.approx([1 / 3, 0.0, 0.0])
-    assert parallel_reward(completions, ["4"] * 3, multiverse_text=texts, generated_tokens=[30] * 3, decode_steps=[3] * 3, cap=0.6)[0] == 0.6
-    critical = parallel_reward(completions, ["4"] * 3, multiverse_text=texts, generated_tokens=[30] * 3, decode_steps=[30] * 3, critical_path=[24] * 3, measure="critical_path")
+    assert (
+        parallel_reward(
+            completions, ["4"] * 3, multiverse_text=texts, generated_tokens=[30] * 3, decode_steps=[3] * 3, cap=0.6
+        )[0]
+        == 0.6
+    )
+    critical = parallel_reward(
+        completions,
+        ["4"] * 3,
+        multiverse_text=texts,
+        generated_tokens=[30] * 3,
+        decode_steps=[30] * 3,
+        critical_path=[24] * 3,
+        measure="critical_path",
+    )
     assert critical[0] == pytest.approx(0.2)
     names = [f.__name__ for f in reward_functions(GRPORecipeArguments(rewards=["parallel", "correctness"]))]
     assert names == ["parallel", "correctness"]
@@ -188,20 +224,26 @@ def test_cli_two_steps_save_reload_and_fork(tmp_path):
     # a fresh interpreter that never imports the local package: the folder's remote code loads it and forks
     script = (
         "import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList\n"
-        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True); t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True); "
+        "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
         "assert 'modeling_multiverse' not in sys.modules\n"
-        "ids = t.apply_chat_template([{'role': 'user', 'content': 'hi'}], add_generation_prompt=True, return_tensors='pt', return_dict=True).input_ids\n"
-        "goal = t('<Think>\\n<Parallel>\\n<Goal>\\n<Outline>1: a</Outline>\\n<Outline>2: b</Outline>\\n</Goal>').input_ids\n"
+        "ids = t.apply_chat_template([{'role': 'user', 'content': 'hi'}], add_generation_prompt=True, "
+        "return_tensors='pt', return_dict=True).input_ids\n"
+        "goal = t('<Think>\\n<Parallel>\\n<Goal>\\n<Outline>1: a</Outline>\\n"
+        "<Outline>2: b</Outline>\\n</Goal>').input_ids\n"
         "def force(views, scores):  # write the goal, then decode freely\n"
         "    k = views.shape[1] - ids.shape[1]\n"
         "    if k < len(goal): scores[:] = -float('inf'); scores[:, goal[k]] = 0.0\n"
         "    return scores\n"
-        "out = m.generate(ids, tokenizer=t, max_new_tokens=60, logits_processor=LogitsProcessorList([force]), return_dict_in_generate=True)\n"
+        "out = m.generate(ids, tokenizer=t, max_new_tokens=60, logits_processor=LogitsProcessorList([force]), "
+        "return_dict_in_generate=True)\n"
         "assert out.blocks[0][0]['labels'] == ['1', '2'], out.blocks\n"
         "print('forked', out.parallelism[0])\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run([sys.executable, "-c", script, str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "forked" in done.stdout
 
@@ -214,7 +256,10 @@ def test_cli_refuses_bad_data(tmp_path, capsys):
     from multiverse.cli import main as cli
 
     capsys.readouterr()  # the model's save progress
-    code = cli(["train", "--recipe", "grpo", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o"), "--use_cpu", "true", "--report_to", "none"])
+    code = cli([
+        "train", "--recipe", "grpo", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "bad.jsonl"),
+        "--output", str(tmp_path / "o"), "--use_cpu", "true", "--report_to", "none",
+    ])
     err = capsys.readouterr().err
     last = err.strip().replace("\r", "\n").splitlines()[-1]  # after the datasets loader's progress bar
     assert code == 2 and last.startswith("multiverse train: ") and "needs `answer`" in last and "Traceback" not in err

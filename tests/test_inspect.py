@@ -70,7 +70,9 @@ def test_inspect_table_and_bad_input(tmp_path, capsys):
     tokenizer.save_pretrained(tmp_path / "tok")
     data = tmp_path / "data.jsonl"
     broken = example_response().replace("</Goal>", "", 1)
-    data.write_text(json.dumps({"id": "good", "text": example_response()}) + "\n" + json.dumps({"id": "bad", "text": broken}) + "\n")
+    data.write_text(
+        json.dumps({"id": "good", "text": example_response()}) + "\n" + json.dumps({"id": "bad", "text": broken}) + "\n"
+    )
     assert main([str(data), "--field", "text", "--tokenizer", str(tmp_path / "tok")]) == 0
     out = capsys.readouterr().out
     assert "1/2 valid" in out and "good" in out and "found <Path>, expected <Outline> or </Goal>" in out

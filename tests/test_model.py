@@ -172,7 +172,9 @@ def test_eager_attention_equals_sdpa(model_and_tokenizer):
 def test_flex_attention_equals_sdpa(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     tokenizer.padding_side = "left"
-    batch = tokenizer([example_response(), example_response()[:150]], add_special_tokens=False, padding=True, return_tensors="pt")
+    batch = tokenizer(
+        [example_response(), example_response()[:150]], add_special_tokens=False, padding=True, return_tensors="pt"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         flex = with_implementation(model, "flex_attention")(**batch).logits
@@ -206,7 +208,11 @@ def _site_dirs() -> list[str]:
     import site
 
     dirs = [d for d in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(d)]
-    return [d for d in dirs if not os.path.realpath(d).startswith(os.path.realpath(os.path.dirname(os.path.dirname(__file__))))]
+    return [
+        d
+        for d in dirs
+        if not os.path.realpath(d).startswith(os.path.realpath(os.path.dirname(os.path.dirname(__file__))))
+    ]
 
 
 def test_a_saved_checkpoint_loads_with_remote_code_alone(tmp_path):

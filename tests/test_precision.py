@@ -45,14 +45,28 @@ def test_a_fast_cpu_restricted_to_avx2_decodes_in_fp32():
 
     held = {name: os.environ.get(name) for name in precision.AVX2_ONLY}
     assert held == precision.AVX2_ONLY, f"tests/conftest.py holds the suite's CPU with {held}, not precision.AVX2_ONLY"
-    probe = "import json, torch; from runtime.precision import choose_precision; print(json.dumps(choose_precision('auto', 'cpu').as_dict()))"
+    probe = (
+        "import json, torch; from runtime.precision import choose_precision; "
+        "print(json.dumps(choose_precision('auto', 'cpu').as_dict()))"
+    )
     env = {**os.environ, **precision.AVX2_ONLY}
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     choice = json.loads(result.stdout.strip().splitlines()[-1])
     assert choice["precision"] == "fp32" and "no native bf16" in choice["reason"]
     # the hardware line says the CPU was held back, so a timing taken this way is not mistaken for the full CPU
-    line = hardware_line({"name": "CPU X", "threads": 2, "fp32_gflops": 1.0, "bf16_gflops": 1.0, "matmul_size": 8, "isa_limits": precision.AVX2_ONLY})
-    assert line.startswith("CPU X limited by ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2, 2 threads")
+    line = hardware_line(
+        {
+            "name": "CPU X",
+            "threads": 2,
+            "fp32_gflops": 1.0,
+            "bf16_gflops": 1.0,
+            "matmul_size": 8,
+            "isa_limits": precision.AVX2_ONLY,
+        }
+    )
+    assert line.startswith(
+        "CPU X limited by ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2, 2 threads"
+    )
 
 
 def test_the_real_cpu_answer_matches_onednn():

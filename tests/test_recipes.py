@@ -77,7 +77,14 @@ def test_multiverse_recipe_trains_and_reloads_with_remote_code(tmp_path):
         "torch.save(m(torch.load(sys.argv[2])).logits, sys.argv[3])\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run([sys.executable, "-c", script, str(outcome.output_dir), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(outcome.output_dir), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     with torch.no_grad():
         assert torch.allclose(torch.load(tmp_path / "logits.pt"), model.eval()(ids).logits, atol=1e-5)
@@ -98,10 +105,14 @@ def test_trainer_loss_is_the_multiverse_attention_loss():
     model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(batch))
-        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        reference = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
     model.config.multiverse_attention = False
     with torch.no_grad():
-        causal = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        causal = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
     assert torch.allclose(loss, reference, atol=1e-5)
     assert not torch.allclose(loss, causal, atol=1e-3)
 
@@ -129,7 +140,9 @@ def _loss_and_grads(model, batch, implementation):
     model.set_attn_implementation(implementation)
     model.zero_grad()
     mask = mask_for(batch["forbid_lo"], batch["forbid_hi"], implementation, model.dtype)
-    loss = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], labels=batch["labels"]).loss
+    loss = model(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], labels=batch["labels"]
+    ).loss
     if torch.is_grad_enabled():
         loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
@@ -168,7 +181,10 @@ def test_autoregressive_recipe_from_the_cli_with_a_yaml_config(tmp_path, model_d
         "logging_steps: 1\nreport_to: none\nsave_strategy: 'no'\npack_examples: true\n"
     )
     out = tmp_path / "ar"
-    assert main(["--config", str(config), "--model", str(model_dir), "--dataset", str(data_file), "--output", str(out), "--max-steps", "3"]) == 0
+    assert main([
+        "--config", str(config), "--model", str(model_dir), "--dataset", str(data_file), "--output", str(out),
+        "--max-steps", "3",
+    ]) == 0
     losses = logged_losses(out)
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     reloaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
@@ -237,7 +253,9 @@ def test_yaml_configs_parse(name):
     parser = TrlParser((RecipeArguments, MultiverseSFTConfig, MultiverseModelConfig))
     config = ROOT / "trl_recipes" / "configs" / f"{name}.yaml"
     cpu = [] if torch.cuda.is_available() else ["--bf16", "false"]  # the GPU configs ask for bf16
-    recipe, sft, model = parser.parse_args_and_config(["--config", str(config), "--model", "m", "--dataset", "d", "--output", "o", *cpu])
+    recipe, sft, model = parser.parse_args_and_config(
+        ["--config", str(config), "--model", "m", "--dataset", "d", "--output", "o", *cpu]
+    )
     assert recipe.recipe == "multiverse" and sft.max_length >= 1024 and model.model_name_or_path == "m"
     assert model.use_peft == (name == "qwen2.5-7b-lora")
     fsdp = load_config_from_file(str(ROOT / "trl_recipes" / "configs" / "accelerate" / "fsdp-2x8.yaml"))

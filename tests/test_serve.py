@@ -221,7 +221,9 @@ def test_two_concurrent_clients_each_get_their_own_answer(plain_server):
     url, log = plain_server
     chat = client(url)
     questions = [[{"role": "user", "content": q}] for q in ("first question", "a different, second one")]
-    alone = [chat.chat.completions.create(model="m", messages=q, max_tokens=40).choices[0].message.content for q in questions]
+    alone = [
+        chat.chat.completions.create(model="m", messages=q, max_tokens=40).choices[0].message.content for q in questions
+    ]
     assert alone[0] != alone[1]
     results: dict[int, str] = {}
     errors: list = []

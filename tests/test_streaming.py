@@ -205,7 +205,9 @@ def test_branch_events_report_paths_labels_and_counters_for_a_batch(tiny):
     skeleton, _ = SKELETONS["nested"]
     tokenizer.padding_side = "left"
     chats = [[{"role": "user", "content": t}] for t in ("hi", "a longer question")]
-    enc = tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
+    enc = tokenizer.apply_chat_template(
+        chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+    )
     events = []
     out = model.generate(
         **enc, tokenizer=tokenizer, logits_processor=forced(tokenizer, skeleton), max_new_tokens=400,
@@ -218,7 +220,10 @@ def test_branch_events_report_paths_labels_and_counters_for_a_batch(tiny):
         assert rebuild(replay(mine)) == response
         assert {e.path for e in mine} == {(), ("1",), ("2",), ("3",), ("2", "2.1"), ("2", "2.2")}
         forks = [e for e in mine if e.kind == "fork"]
-        assert [(f.path, f.labels, f.parallel) for f in forks] == [((), ("1", "2", "3"), True), (("2",), ("2.1", "2.2"), True)]
+        assert [(f.path, f.labels, f.parallel) for f in forks] == [
+            ((), ("1", "2", "3"), True),
+            (("2",), ("2.1", "2.2"), True),
+        ]
         assert sorted(e.path for e in mine if e.kind == "done") == [("1",), ("2",), ("2", "2.1"), ("2", "2.2"), ("3",)]
         steps = [e.decode_steps for e in mine]
         assert steps == sorted(steps) and mine[-1].generated_tokens == out.generated_tokens[row]

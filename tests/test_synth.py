@@ -54,7 +54,9 @@ def test_cli_writes_jsonl(tmp_path):
     assert rows == synthesize(25, seed=4, k=(2, 3), digits=(1, 2))
     assert set(rows[0]) == {"id", "question", "sequential", "answer"}
     assert main(["synth", "--n", "5", "--task", "most", "--k", "4", "--bags", "3", "--out", str(out)]) == 0
-    assert [json.loads(line) for line in out.read_text().splitlines()] == synthesize(5, k=(4, 4), bags=(3, 3), task="most")
+    assert [json.loads(line) for line in out.read_text().splitlines()] == synthesize(
+        5, k=(4, 4), bags=(3, 3), task="most"
+    )
 
 
 def test_problems_are_short():

@@ -17,7 +17,10 @@ from modeling_multiverse import TAGS
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
-BARE = "import sys; sys.path.insert(0, sys.argv[2]); from remote_code_check import _NoProject; sys.meta_path.insert(0, _NoProject())\n"
+BARE = (
+    "import sys; sys.path.insert(0, sys.argv[2]); from remote_code_check import _NoProject; "
+    "sys.meta_path.insert(0, _NoProject())\n"
+)
 TAGS_ARE_SINGLE_TOKENS = (
     "tags = " + repr(list(TAGS)) + "\n"
     "for tag in tags:\n"
@@ -39,7 +42,8 @@ SCRIPTS = {
     "model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
     "assert type(model).__module__.startswith('transformers_modules.'), type(model).__module__\n"
     "tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])\n" + TAGS_ARE_SINGLE_TOKENS +
-    "out = model.generate(torch.tensor([[40, 41, 42]]), attention_mask=torch.ones(1, 3, dtype=torch.long), max_new_tokens=4)\n"
+    "out = model.generate(torch.tensor([[40, 41, 42]]), attention_mask=torch.ones(1, 3, dtype=torch.long), "
+    "max_new_tokens=4)\n"
     "assert out.shape[1] > 3\nprint('generated', out.shape[1] - 3)\n",
 }
 

@@ -35,7 +35,9 @@ def test_converted_folder_runs_as_remote_code_on_the_oldest_supported_transforme
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python = venv / "bin" / "python"
-    install = _run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"transformers=={FLOOR}.*", timeout=900)
+    install = _run(
+        python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"transformers=={FLOOR}.*", timeout=900
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     version = _run(python, "-c", "import transformers; print(transformers.__version__)", timeout=300)
     assert version.stdout.strip().startswith(f"{FLOOR}."), version.stdout + version.stderr

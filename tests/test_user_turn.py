@@ -43,7 +43,9 @@ def test_every_prompt_builder_gives_the_training_user_turn():
 def test_generate_prompts_with_the_token_ids_the_model_was_trained_on():
     tokenizer = tiny_tokenizer()
     add_tag_tokens(tokenizer)
-    prepared, _ = prepare_dataset(Dataset.from_list([conversation(QUESTION, example_response())]), tokenizer, max_length=None)
+    prepared, _ = prepare_dataset(
+        Dataset.from_list([conversation(QUESTION, example_response())]), tokenizer, max_length=None
+    )
     row = prepared[0]
     trained_prompt = [i for i, label in zip(row["input_ids"], row["labels"]) if label == -100]
     inference_prompt = prompt_ids(tokenizer, QUESTION)

@@ -61,5 +61,6 @@ def example_response() -> str:
         "<Think>\nLet me split this.\n<Parallel>\n<Goal>\n<Outline>1: first</Outline>\n<Outline>2: second</Outline>\n"
         "</Goal>\n<Path>\n1: work on a<Parallel>\n<Goal>\n<Outline>1.1: x</Outline>\n<Outline>1.2: y</Outline>\n</Goal>"
         "\n<Path>\n1.1: xx</Path>\n<Path>\n1.2: yyyy</Path>\n<Conclusion>\nboth</Conclusion>\n</Parallel> done</Path>"
-        "\n<Path>\n2: b is short</Path>\n<Conclusion>\nSo 3.</Conclusion>\n</Parallel>\nFinal.\n</Think>\nThe answer is 3."
+        "\n<Path>\n2: b is short</Path>\n<Conclusion>\nSo 3.</Conclusion>\n</Parallel>\nFinal.\n</Think>"
+        "\nThe answer is 3."
     )

@@ -100,7 +100,9 @@ class MultiverseSFTConfig(SFTConfig):
     times slower than fp32. An explicit `--bf16 true|false` wins over `auto`. `precision_reason` records why.
     """
 
-    output_dir: str | None = field(default=None, metadata={"help": "Where the trained model goes.", "aliases": ["--output"]})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where the trained model goes.", "aliases": ["--output"]}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the structure columns are not forward() arguments."}
     )

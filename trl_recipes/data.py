@@ -90,7 +90,9 @@ def check_source(source: str) -> Path:
         return path
     if path.is_file():
         if path.suffix not in (".jsonl", ".json", ".parquet"):
-            raise ValueError(f"dataset file {source}: unsupported extension {path.suffix!r}, expected .jsonl, .json or .parquet")
+            raise ValueError(
+                f"dataset file {source}: unsupported extension {path.suffix!r}, expected .jsonl, .json or .parquet"
+            )
         if path.suffix == ".jsonl":
             columns = None
             for _, record in iter_jsonl(path):
@@ -123,7 +125,9 @@ def _as_messages(value, role: str, index: int, column: str) -> list[Message]:
         return [{"role": role, "content": value}]
     if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
         return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise ExampleError(f"example {index}: column {column!r} must be a string or a list of {{role, content}} messages", index)
+    raise ExampleError(
+        f"example {index}: column {column!r} must be a string or a list of {{role, content}} messages", index
+    )
 
 
 def split_conversation(example: dict, index: int) -> tuple[list[Message], Message]:

@@ -22,7 +22,9 @@ from modeling_multiverse.modeling_multiverse import SPEC_FILE
 ADAPTER_DIR = "adapter"
 
 
-def save_hub_ready(trainer, output_dir: str | Path, *, recipe: str, base_model: str | None, training: dict[str, Any]) -> Path:
+def save_hub_ready(
+    trainer, output_dir: str | Path, *, recipe: str, base_model: str | None, training: dict[str, Any]
+) -> Path:
     """Save `trainer`'s model into `output_dir` as a Hub-ready folder; returns the folder.
 
     With a PEFT model the adapter goes to `output_dir/adapter` and the merged model to `output_dir`

@@ -65,7 +65,9 @@ def _structure(ids: list[int], tag_ids: dict[str, int] | None, index: int) -> To
     try:
         return structure_of_ids(ids, tag_ids, partial=True)
     except StructureError as err:
-        raise ExampleError(f"example {index}: malformed structure at token {err.index} of the sequence: {err}", index, err.index) from None
+        raise ExampleError(
+            f"example {index}: malformed structure at token {err.index} of the sequence: {err}", index, err.index
+        ) from None
 
 
 def _row(ids: list[int], labels: list[int], structure: TokenStructure) -> dict:
@@ -108,7 +110,9 @@ def pack_rows(rows: Sequence[dict], max_length: int) -> list[dict]:
 
 
 def _as_structure(row: dict) -> TokenStructure:
-    return TokenStructure(torch.tensor(row["position_ids"]), torch.tensor(row["forbid_lo"]), torch.tensor(row["forbid_hi"]))
+    return TokenStructure(
+        torch.tensor(row["position_ids"]), torch.tensor(row["forbid_lo"]), torch.tensor(row["forbid_hi"])
+    )
 
 
 def prepare_dataset(
@@ -146,7 +150,9 @@ def prepare_dataset(
                 completion = flatten(completion)
             ids, prompt_length = _tokenize(tokenizer, prompt, completion, index)
             if max_length is not None and prompt_length >= max_length:
-                report.skipped.append((index, f"example {index}: no completion token left within max_length={max_length}"))
+                report.skipped.append(
+                    (index, f"example {index}: no completion token left within max_length={max_length}")
+                )
                 continue
             if max_length is not None and len(ids) > max_length:
                 ids = ids[:max_length]
@@ -166,7 +172,10 @@ def prepare_dataset(
         phases = {is_ar: pack_rows(rows, max_length) for is_ar, rows in phases.items()}
     rows = phases[True] + phases[False]
     if not rows:
-        raise ValueError(f"no example left to train on: {len(report.skipped)} of {report.examples} skipped ({report.skipped[:3]} ...)")
+        raise ValueError(
+            f"no example left to train on: {len(report.skipped)} of {report.examples} skipped "
+            f"({report.skipped[:3]} ...)"
+        )
     report.rows = len(rows)
     return Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS}), report
 

@@ -176,16 +176,31 @@ def decode_cases(kernel: ModuleType, sizes: Sizes, flex) -> list[Case]:
             prefix_allowed = torch.ones(1, branches, prefix, dtype=torch.bool, device=sizes.device)
             mask = additive(torch.cat([prefix_allowed, branch_allowed], -1), sizes.dtype)[:, None]
 
-            def visible(b, h, q_idx, kv_idx, prefix=prefix, token_enter=token_enter, token_exit=token_exit, query_node=query_node):
+            def visible(
+                b,
+                h,
+                q_idx,
+                kv_idx,
+                prefix=prefix,
+                token_enter=token_enter,
+                token_exit=token_exit,
+                query_node=query_node,
+            ):
                 slot = (kv_idx - prefix).clamp(min=0)
-                writer_sees = (token_enter[0, slot] <= query_node[0, q_idx]) & (query_node[0, q_idx] < token_exit[0, slot])
+                writer_sees = (token_enter[0, slot] <= query_node[0, q_idx]) & (
+                    query_node[0, q_idx] < token_exit[0, slot]
+                )
                 return (kv_idx < prefix) | writer_sees
 
-            def make_flex(q=q, cache_k=cache_k, cache_v=cache_v, visible=visible, length=prefix + tokens, branches=branches):
+            def make_flex(
+                q=q, cache_k=cache_k, cache_v=cache_v, visible=visible, length=prefix + tokens, branches=branches
+            ):
                 block_mask = create_block_mask(visible, 1, None, branches, length, device=sizes.device)
                 return lambda: flex(q, cache_k, cache_v, block_mask=block_mask, enable_gqa=True)
 
-            def ours(q=q, pk=prefix_k, pv=prefix_v, bk=branch_k, bv=branch_v, te=token_enter, tx=token_exit, qn=query_node):
+            def ours(
+                q=q, pk=prefix_k, pv=prefix_v, bk=branch_k, bv=branch_v, te=token_enter, tx=token_exit, qn=query_node
+            ):
                 return kernel.branch_decode_attention(q, pk, pv, bk, bv, te, tx, qn)
 
             def sdpa_dense(q=q, k=cache_k, v=cache_v, mask=mask):
@@ -199,7 +214,18 @@ def decode_cases(kernel: ModuleType, sizes: Sizes, flex) -> list[Case]:
 
             size = f"{prefix // 1024}K" if prefix >= 1024 else str(prefix)
             priority = 2 if (branches, prefix) == (8, 16384) else 9
-            cases.append(Case(f"decode {branches} br x {size} prefix", ours, sdpa_dense, sdpa_dense_gqa, None, built_once(make_flex), check, priority))
+            cases.append(
+                Case(
+                    f"decode {branches} br x {size} prefix",
+                    ours,
+                    sdpa_dense,
+                    sdpa_dense_gqa,
+                    None,
+                    built_once(make_flex),
+                    check,
+                    priority,
+                )
+            )
     return cases
 
 
@@ -221,7 +247,9 @@ def prefill_cases(kernel: ModuleType, sizes: Sizes, flex) -> list[Case]:
 
         def dense_mask(lo=lo, hi=hi, length=length):
             position = torch.arange(length, device=sizes.device)
-            inside = ((position[None, None, :] >= lo[0, :, :, None]) & (position[None, None, :] < hi[0, :, :, None])).any(0)
+            inside = (
+                (position[None, None, :] >= lo[0, :, :, None]) & (position[None, None, :] < hi[0, :, :, None])
+            ).any(0)
             return additive((position[None, :] <= position[:, None]) & ~inside, sizes.dtype)[None, None]
 
         def make_sdpa_dense(q=q, k=k, v=v, dense_mask=dense_mask):
@@ -253,12 +281,44 @@ def prefill_cases(kernel: ModuleType, sizes: Sizes, flex) -> list[Case]:
 
         size = f"{length // 1024}K" if length >= 1024 else str(length)
         top = length == max(sizes.prefill_lengths)
-        cases.append(Case(f"prefill {size}", ours, built_once(make_sdpa_dense), None, causal, built_once(make_flex), check, 0 if top else 3))
-        cases.append(Case(f"train fwd+bwd {size}", None, None, None, causal_train, built_once(make_flex_train), None, 1 if top else 4))
+        cases.append(
+            Case(
+                f"prefill {size}",
+                ours,
+                built_once(make_sdpa_dense),
+                None,
+                causal,
+                built_once(make_flex),
+                check,
+                0 if top else 3,
+            )
+        )
+        cases.append(
+            Case(
+                f"train fwd+bwd {size}",
+                None,
+                None,
+                None,
+                causal_train,
+                built_once(make_flex_train),
+                None,
+                1 if top else 4,
+            )
+        )
     return cases
 
 
-COLUMNS = ("ours ms", "sdpa+dense mask ms", "sdpa+mask gqa ms", "flex ms", "causal sdpa ms", "sdpa/ours", "flex/ours", "flex/causal", "max abs err vs sdpa")
+COLUMNS = (
+    "ours ms",
+    "sdpa+dense mask ms",
+    "sdpa+mask gqa ms",
+    "flex ms",
+    "causal sdpa ms",
+    "sdpa/ours",
+    "flex/ours",
+    "flex/causal",
+    "max abs err vs sdpa",
+)
 
 
 def print_row(case: Case) -> None:
@@ -267,7 +327,9 @@ def print_row(case: Case) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU (set TRITON_INTERPRET=1): checks every code path")
+    parser.add_argument(
+        "--cpu-smoke", action="store_true", help="tiny sizes on CPU (set TRITON_INTERPRET=1): checks every code path"
+    )
     args = parser.parse_args()
     sizes = CPU_SMOKE if args.cpu_smoke else GPU
     if sizes.device == "cuda" and not torch.cuda.is_available():
@@ -305,11 +367,18 @@ def main() -> None:
         print_row(case)
     by_label = {case.label: case.cells for case in cases}
     if "decode 8 br x 16K prefix" in by_label:
-        print(f"\ntarget (a) 8 branches x 16K prefix: sdpa+dense / ours = {by_label['decode 8 br x 16K prefix']['sdpa/ours']} (want >= 2)")
+        print(
+            "\ntarget (a) 8 branches x 16K prefix: sdpa+dense / ours = "
+            f"{by_label['decode 8 br x 16K prefix']['sdpa/ours']} (want >= 2)"
+        )
     if "prefill 32K" in by_label:
         cells = by_label["prefill 32K"]
-        print(f"target (b) 32K prefill: ours / causal = {ratio(cells['ours ms'], cells['causal sdpa ms'])} (want <= 1.3)")
-        print(f"target training 32K: flex / causal fwd+bwd = {by_label['train fwd+bwd 32K']['flex/causal']} (want <= 1.3)")
+        print(
+            f"target (b) 32K prefill: ours / causal = {ratio(cells['ours ms'], cells['causal sdpa ms'])} (want <= 1.3)"
+        )
+        print(
+            f"target training 32K: flex / causal fwd+bwd = {by_label['train fwd+bwd 32K']['flex/causal']} (want <= 1.3)"
+        )
     print(f"total {time.perf_counter() - started:.0f} s", flush=True)
 
 

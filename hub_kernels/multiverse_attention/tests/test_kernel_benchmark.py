@@ -15,7 +15,9 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
 def test_kernel_benchmark_cpu_smoke():
     # A process of its own: the interpreter switch must be on before Triton is imported, GPU or not.
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, str(BENCHMARK), "--cpu-smoke"], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--cpu-smoke"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     table = run.stdout.split("\n\n")[-2]
     rows = [line for line in table.splitlines() if line.startswith("| decode") or line.startswith("| prefill")]

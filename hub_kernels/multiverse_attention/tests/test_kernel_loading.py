@@ -31,4 +31,6 @@ def test_kernel_layer_replaces_forward_through_kernelize(kernel, kernel_build, d
     q, k, v = (torch.randn(1, 2, 20, 16, device=device) for _ in range(3))
     empty = torch.zeros(1, 1, 20, dtype=torch.long, device=device)
     out = model[0](q, k, v, empty, empty, None)
-    torch.testing.assert_close(out, kernel.reference.reference_prefill_attention(q, k, v, empty, empty), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(
+        out, kernel.reference.reference_prefill_attention(q, k, v, empty, empty), atol=2e-5, rtol=2e-5
+    )

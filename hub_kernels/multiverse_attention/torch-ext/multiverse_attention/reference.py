@@ -22,7 +22,9 @@ def allowed_from_intervals(forbid_lo: torch.Tensor, forbid_hi: torch.Tensor) -> 
     return (position[None, :] <= position[:, None]) & ~inside.any(1)
 
 
-def masked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+def masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
     """Softmax attention in fp32. `allowed` is `[B, Q, K]`; key/value heads are repeated for GQA."""
     heads_per_kv = query.shape[1] // key.shape[1]
     key = key.float().repeat_interleave(heads_per_kv, dim=1)
@@ -46,7 +48,9 @@ def reference_branch_decode_attention(
     prefix_len = prefix_key.shape[2]
     start = torch.zeros(batch, dtype=torch.long, device=query.device) if prefix_start is None else prefix_start
     prefix_allowed = torch.arange(prefix_len, device=query.device)[None, :] >= start[:, None]  # [B, P]
-    branch_allowed = (token_enter[:, None, :] <= query_node[:, :, None]) & (query_node[:, :, None] < token_exit[:, None, :])
+    branch_allowed = (token_enter[:, None, :] <= query_node[:, :, None]) & (
+        query_node[:, :, None] < token_exit[:, None, :]
+    )
     allowed = torch.cat([prefix_allowed[:, None, :].expand(-1, num_branches, -1), branch_allowed], dim=-1)
     key = torch.cat([prefix_key, branch_key], dim=2)
     value = torch.cat([prefix_value, branch_value], dim=2)
