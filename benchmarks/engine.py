@@ -96,9 +96,18 @@ def measure(model, tokenizer, prompt_ids, template, repeats: int) -> dict:
     return {
         "tokens": tokens,
         "structural_ideal": round(ideal, 3),
-        "a_hf_generate": {"seconds": round(best["a"], 3), "tok_s": round(tokens / best["a"], 2), "steps": tokens, "peak_kv_bytes": (prompt + tokens) * per_token},
-        "b_engine_sequential": {"seconds": round(best["b"], 3), "tok_s": round(tokens / best["b"], 2), "steps": out_b.decode_steps[0], "peak_kv_bytes": out_b.cache_tokens * per_token},
-        "c_engine": {"seconds": round(best["c"], 3), "tok_s": round(tokens / best["c"], 2), "steps": out_c.decode_steps[0], "peak_kv_bytes": out_c.cache_tokens * per_token},
+        "a_hf_generate": {
+            "seconds": round(best["a"], 3), "tok_s": round(tokens / best["a"], 2),
+            "steps": tokens, "peak_kv_bytes": (prompt + tokens) * per_token,
+        },
+        "b_engine_sequential": {
+            "seconds": round(best["b"], 3), "tok_s": round(tokens / best["b"], 2),
+            "steps": out_b.decode_steps[0], "peak_kv_bytes": out_b.cache_tokens * per_token,
+        },
+        "c_engine": {
+            "seconds": round(best["c"], 3), "tok_s": round(tokens / best["c"], 2),
+            "steps": out_c.decode_steps[0], "peak_kv_bytes": out_c.cache_tokens * per_token,
+        },
         "step_ratio_vs_ideal": round(tokens / out_c.decode_steps[0] / ideal, 3),
         "speedup_vs_a": round(speedup, 3),
         "speedup_fraction_of_ideal": round(speedup / ideal, 3),

@@ -56,7 +56,10 @@ def quick_sft(out: Path, args) -> None:
     to_datasets(out / "curated.jsonl", out / "train.jsonl").save_to_disk(str(out / "datasets"))
     base = convert("smollm2", out / "base", overwrite=True)
     outcome = train(
-        RecipeArguments(recipe="multiverse", dataset_name=str(out / "datasets"), dataset_train_split="multiverse", pack_examples=True),
+        RecipeArguments(
+            recipe="multiverse", dataset_name=str(out / "datasets"), dataset_train_split="multiverse",
+            pack_examples=True,
+        ),
         MultiverseSFTConfig(
             output_dir=str(out / "sft-model"), max_length=512, max_steps=args.sft_steps, per_device_train_batch_size=2,
             gradient_accumulation_steps=2, learning_rate=4e-4, lr_scheduler_type="cosine", warmup_steps=2, bf16=False,
@@ -91,8 +94,9 @@ def run_grpo(sft_model: Path, out: Path, args) -> None:
         MultiverseGRPOConfig(
             output_dir=str(out / "grpo-model"), max_steps=args.grpo_steps, num_generations=args.group,
             per_device_train_batch_size=args.group * args.prompts, max_completion_length=args.max_new_tokens,
-            learning_rate=args.lr, temperature=args.temperature, beta=0.0, reward_weights=[1.0, 0.25, 0.5], logging_steps=1,
-            save_strategy="no", report_to="none", use_cpu=True, seed=args.seed, lr_scheduler_type="constant",
+            learning_rate=args.lr, temperature=args.temperature, beta=0.0, reward_weights=[1.0, 0.25, 0.5],
+            logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=args.seed,
+            lr_scheduler_type="constant",
         ),
         MultiverseModelConfig(model_name_or_path=str(sft_model)),
     )
@@ -136,7 +140,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument(
         "--temperature", type=float, default=1.0,
-        help="rollout temperature (the loss divides the logits by it too); below 1 a 135M model's groups are mostly well-formed",
+        help="rollout temperature (the loss divides the logits by it too); "
+        "below 1 a 135M model's groups are mostly well-formed",
     )
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=11)

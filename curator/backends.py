@@ -72,7 +72,8 @@ class OpenAICompatibleBackend:
         ).rstrip("/")
         self.model = model or os.environ.get("MULTIVERSE_MODEL")
         self.api_key = api_key or next(
-            (os.environ[k] for k in ("MULTIVERSE_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY") if os.environ.get(k)), None
+            (os.environ[k] for k in ("MULTIVERSE_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY") if os.environ.get(k)),
+            None,
         )
         if not self.base_url:
             raise ValueError("the openai backend needs a base URL: --base-url or MULTIVERSE_BASE_URL / OPENAI_BASE_URL")
@@ -156,7 +157,13 @@ class TransformersBackend:
     """
 
     def __init__(
-        self, model_name_or_path: str | None = None, *, max_new_tokens: int = 2048, device: str | None = None, model=None, tokenizer=None
+        self,
+        model_name_or_path: str | None = None,
+        *,
+        max_new_tokens: int = 2048,
+        device: str | None = None,
+        model=None,
+        tokenizer=None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -44,7 +44,7 @@ class Structurer(Protocol):
 
 
 def read_problems(path: str | os.PathLike) -> list[dict]:
-    """Input records (integer ids read as strings); raises `JsonlError` naming the file and line of the first bad one."""
+    """Input records (integer ids read as strings); a bad one raises `JsonlError` naming its file and line."""
     rows, seen = [], {}
     for number, row in iter_jsonl(path):
         if isinstance(row.get("id"), int) and not isinstance(row["id"], bool):
@@ -315,8 +315,12 @@ def summarize(records: Iterable[dict]) -> dict:
         "rejected": n - len(converted),
         "rejected_by_reason": dict(Counter(r["reason"].split(":")[0] for r in records if r["status"] != "converted")),
         "parallelizable_fraction": round(len(with_blocks) / n, 4) if n else 0.0,
-        "blocks_per_example": round(sum(r["scores"]["blocks"] for r in converted) / len(converted), 3) if converted else 0.0,
-        "branches_per_example": round(sum(r["scores"]["branches"] for r in converted) / len(converted), 3) if converted else 0.0,
+        "blocks_per_example": (
+            round(sum(r["scores"]["blocks"] for r in converted) / len(converted), 3) if converted else 0.0
+        ),
+        "branches_per_example": (
+            round(sum(r["scores"]["branches"] for r in converted) / len(converted), 3) if converted else 0.0
+        ),
         "collective_blocks": sum(r["scores"].get("collective", 0) for r in converted),
         "selective_blocks": sum(r["scores"].get("selective", 0) for r in converted),
         "mean_depth": round(sum(r["scores"]["depth"] for r in converted) / len(converted), 3) if converted else 0.0,

@@ -98,7 +98,10 @@ class RulesStructurer:
             spans = [(group[0], group[-1]) for group in groups]
             last = groups[-1][-1] if conclusion_index is None else conclusion_index
             plan.append(
-                ParallelPlan(outlines=outlines, paths=paths, conclusion=conclusion, kind=kind, path_spans=spans, span=(groups[0][0], last))
+                ParallelPlan(
+                    outlines=outlines, paths=paths, conclusion=conclusion, kind=kind, path_spans=spans,
+                    span=(groups[0][0], last),
+                )
             )
         return plan
 
@@ -107,7 +110,7 @@ class RulesStructurer:
         return bool(q.defines or q.uses)
 
     def _collective(self, indices: list[int], start: int) -> tuple[list[list[int]], int, str] | None:
-        """The widest window at `start` whose steps form >= 2 contiguous independent groups that the next step combines."""
+        """The widest window at `start` whose steps form >= 2 contiguous independent groups the next step combines."""
         if not self._computes(indices[start]):
             return None
         last_end = min(len(indices) - 1, start + self.max_window)

@@ -174,7 +174,9 @@ class _ChainPlanner:
         before = "\n".join(self.lines[max(0, first_line - 12) : first_line]) or "(the start)"
         request = prompts.CONCLUSION_GIVEN if merged is not None else prompts.CONCLUSION_WANTED
         answer = self._ask(
-            prompts.MAP_REDUCE.format(question=self.question, before=before, n=n, paths=listing, conclusion_request=request),
+            prompts.MAP_REDUCE.format(
+                question=self.question, before=before, n=n, paths=listing, conclusion_request=request
+            ),
             "map/reduce",
         )
         outlines, context = answer.get("outlines"), answer.get("context") or [""] * n

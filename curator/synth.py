@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.out).is_dir():
         raise IsADirectoryError(f"--out {args.out}: is a folder, expected a JSONL file")
     rows = synthesize(
-        args.n, args.seed, k=args.k, digits=args.digits, nesting=args.nesting, worked=args.worked, task=args.task, bags=args.bags
+        args.n, args.seed,
+        k=args.k, digits=args.digits, nesting=args.nesting, worked=args.worked, task=args.task, bags=args.bags,
     )
     write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} problems to {args.out}")

@@ -6,8 +6,8 @@
 Example:
     >>> from curator.plan import ParallelPlan, render_response
     >>> chain = "A: 1 + 2 = 3.\\nB: 4 + 5 = 9.\\nTotal: 3 + 9 = 12.\\nSo the answer is \\\\boxed{12}."
-    >>> response = render_response([ParallelPlan(["A", "B"], [["A: 1 + 2 = 3."], ["B: 4 + 5 = 9."]], "Total: 3 + 9 = 12.")],
-    ...                            "So the answer is \\\\boxed{12}.")
+    >>> plan = ParallelPlan(["A", "B"], [["A: 1 + 2 = 3."], ["B: 4 + 5 = 9."]], "Total: 3 + 9 = 12.")
+    >>> response = render_response([plan], "So the answer is \\\\boxed{12}.")
     >>> validate_response(response, chain).ok
     True
 """

@@ -1,7 +1,7 @@
 """MultiverseForCausalLM with the opt-in kernel path (`modeling_multiverse.kernel_attention`).
 
-The kernel runs in Triton's interpreter on CPU here (hub_kernels/conftest.py); the logits must equal the default sdpa path's,
-with and without `kernels`/Triton (the torch fallback layer) and with left padding.
+The kernel runs in Triton's interpreter on CPU here (hub_kernels/conftest.py); the logits must equal the default
+sdpa path's, with and without `kernels`/Triton (the torch fallback layer) and with left padding.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ How to switch it on (inference; training keeps flex_attention with the core's `B
     >>> model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).cuda()  # doctest: +SKIP
     >>> enable_multiverse_kernels(model, repo_path=Path("hub_kernels/multiverse_attention/build"))  # doctest: +SKIP
     True
-    >>> enable_multiverse_kernels(model, repo_id="<org>/multiverse-attention", version=1)  # from the Hub  # doctest: +SKIP
+    >>> # from the Hub:
+    >>> enable_multiverse_kernels(model, repo_id="<org>/multiverse-attention", version=1)  # doctest: +SKIP
 
 It attaches a stateless `MultiverseAttention` layer to every attention module, maps that layer to the
 kernel repository with `kernels.use_kernel_mapping` and `kernels.kernelize`, and selects the

@@ -10,7 +10,8 @@ incrementally on every branch; `parse_ids` and `parse_text` run it over a whole 
 
 Example:
     >>> s = parse_text("<Think>\\n<Parallel>\\n<Goal>\\n<Outline>1: a</Outline>\\n<Outline>2: b</Outline>\\n</Goal>"
-    ...                "\\n<Path>\\n1: x</Path>\\n<Path>\\n2: y</Path>\\n<Conclusion>\\nz</Conclusion>\\n</Parallel>\\n</Think>ok")
+    ...                "\\n<Path>\\n1: x</Path>\\n<Path>\\n2: y</Path>"
+    ...                "\\n<Conclusion>\\nz</Conclusion>\\n</Parallel>\\n</Think>ok")
     >>> [p.label for p in s.blocks[0].paths]
     ['1', '2']
 """

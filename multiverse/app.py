@@ -45,7 +45,7 @@ CSS = """
 .mv-path.mv-live { border-color: #16a34a; background: #f0fdf4; }
 .mv-label { font-weight: 600; font-size: 12px; color: #5b21b6; margin-bottom: 4px; }
 .mv-counter { font-family: ui-monospace, monospace; font-size: 14px; padding: 4px 0; }
-"""
+"""  # noqa: E501 (CSS rules, one per line: wrapping them would change the string)
 
 
 def with_math_delimiters(text: str) -> str:

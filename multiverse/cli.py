@@ -27,7 +27,9 @@ import traceback
 from safetensors import SafetensorError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("multiverse.convert", "turn a Qwen2/Llama base (or the embedded SmolLM2) into a Multiverse model folder"),
+    "convert": (
+        "multiverse.convert", "turn a Qwen2/Llama base (or the embedded SmolLM2) into a Multiverse model folder"
+    ),
     "inspect": ("multiverse.inspect_cmd", "check the structure of Multiverse responses in a JSONL file"),
     "generate": ("multiverse.generate_cmd", "answer a prompt with fork/merge decoding"),
     "train": ("trl_recipes.cli", "SFT a base model into a Multiverse model (or the AR baseline); --recipe grpo: RL"),

@@ -153,12 +153,16 @@ def run_demo(out: str | Path, settings: DemoSettings) -> dict:
     for recipe, folder in models.items():
         log.run(
             f"eval-{recipe}", [reports[recipe]],
-            lambda f=folder, r=reports[recipe]: _evaluate(f, held_out, r, settings, precision.dtype, settings.eval_batch_size),
+            lambda f=folder, r=reports[recipe]: _evaluate(
+                f, held_out, r, settings, precision.dtype, settings.eval_batch_size
+            ),
         )
     for recipe, folder in models.items():
         log.run(
             f"latency-{recipe}", [latency[recipe]],
-            lambda f=folder, r=latency[recipe]: _evaluate(f, held_out, r, settings, precision.dtype, 1, settings.latency_problems),
+            lambda f=folder, r=latency[recipe]: _evaluate(
+                f, held_out, r, settings, precision.dtype, 1, settings.latency_problems
+            ),
         )
     summary = _summarize(out, settings, log, reports, latency)
     summary["precision"] = precision.as_dict()
@@ -224,7 +228,8 @@ def _train_top_layers(model, layers: int) -> None:
 
 
 def _evaluate(
-    model_dir: Path, held_out: Path, report_path: Path, settings: DemoSettings, dtype, batch_size: int, limit: int | None = None
+    model_dir: Path, held_out: Path, report_path: Path, settings: DemoSettings, dtype, batch_size: int,
+    limit: int | None = None,
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -423,7 +428,9 @@ def _cards(summary: dict, reports: dict[str, Path], models: dict[str, Path]) -> 
         card = render_model_card(
             repo_id=f"your-name/smollm2-135m-{recipe}-demo",
             base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
-            eval_results=eval_results_from_report(report, dataset_type="multiverse-synth", dataset_name="held-out synthetic problems"),
+            eval_results=eval_results_from_report(
+                report, dataset_type="multiverse-synth", dataset_name="held-out synthetic problems"
+            ),
             reports=[report],
             summary=(
                 "SmolLM2-135M-Instruct trained by `multiverse demo` on curated synthetic problems"

@@ -42,7 +42,9 @@ def is_local(name: str | os.PathLike, flag: str) -> bool:
 
 
 def model_config(name: str | os.PathLike, flag: str) -> dict:
-    """The config of a model folder or Hub id as a dict, after checking that a local folder is a model with a tokenizer."""
+    """The config of a model folder or Hub id as a dict.
+
+    Checks first that a local folder is a model with a tokenizer."""
     if not is_local(name, flag):
         from transformers import AutoConfig
 

@@ -103,7 +103,11 @@ def choose_precision(requested: str = "auto", device: str | torch.device | None 
 
 
 def matmul_gflops(
-    dtype: torch.dtype, size: int = 1024, device: str | torch.device = "cpu", seconds: float = 0.5, cpu_time: bool = False
+    dtype: torch.dtype,
+    size: int = 1024,
+    device: str | torch.device = "cpu",
+    seconds: float = 0.5,
+    cpu_time: bool = False,
 ) -> float:
     """Measured GFLOPS of `size` x `size` matmuls in `dtype` on `device`, over about `seconds`.
 

@@ -373,7 +373,8 @@ def test_train_output_equal_to_model_is_refused(capsys, tmp_path, folders, probl
     refused(
         run(capsys, "train", "--model", model, "--dataset", problems, "--output", model), "would overwrite the model"
     )
-    refused(run(capsys, "train", "--model", model, "--dataset", problems, "--output", tmp_path / ".." / tmp_path.name / "model"),
+    refused(run(capsys, "train", "--model", model, "--dataset", problems,
+                "--output", tmp_path / ".." / tmp_path.name / "model"),
             "would overwrite the model")
     assert snapshot(model) == before
 
@@ -388,7 +389,8 @@ def test_train_paths_and_kinds(capsys, tmp_path, folders):
     refused(
         run(capsys, "train", "--model", folders["plain"], "--dataset", problems, "--output", out), "convert it first"
     )
-    refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", tmp_path / "none.jsonl", "--output", out),
+    refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", tmp_path / "none.jsonl",
+                "--output", out),
             "no such file or folder")
     refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", problems, "--output", problems),
             "would overwrite the training data")
@@ -409,10 +411,12 @@ def test_train_bad_dataset_lines_and_values(capsys, tmp_path, folders):
         "not valid JSON",
     )
     data.write_text('{"prompt": "a", "completion": "<Think>b</Think>c"}\n')
-    refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", data, "--output", out, "--ar_fraction", "2"),
+    refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", data, "--output", out,
+                "--ar_fraction", "2"),
             "--ar_fraction")
     data.write_text('{"prompt": "a", "completion": "<Think><Path>b</Think>c"}\n')
-    refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", data, "--output", out, "--report_to", "none"),
+    refused(run(capsys, "train", "--model", folders["multiverse"], "--dataset", data, "--output", out,
+                "--report_to", "none"),
             "example 0", "malformed")
 
 
@@ -544,8 +548,9 @@ def test_curate_backend_outage_leaves_records_pending_and_a_rerun_retries(capsys
     )
     output = tmp_path / "c.jsonl"
     url = f"http://127.0.0.1:{_closed_port()}/v1"
-    line = refused(run(capsys, "curate", "--input", problems, "--output", output, "--backend", "openai", "--base-url", url,
-                       "--model", "m", "--no-progress", "--workers", "2"), "6 of 6 records left pending", "rerun")
+    line = refused(run(capsys, "curate", "--input", problems, "--output", output, "--backend", "openai",
+                       "--base-url", url, "--model", "m", "--no-progress", "--workers", "2"),
+                   "6 of 6 records left pending", "rerun")
     assert "Connection" in line or "refused" in line
     assert curated_lines(output) == []  # nothing stored as rejected
     # the rerun retries them
@@ -684,8 +689,8 @@ def test_eval_output_onto_the_data_is_refused(capsys, tmp_path, folders):
 
 def test_eval_questions_with_tag_text_run(capsys, tmp_path, folders):
     report = tmp_path / "report.json"
-    code, _, err = run(capsys, "eval", "--model", folders["multiverse"], "--data", _task(tmp_path), "--max-new-tokens", "4",
-                       "--output", report)
+    code, _, err = run(capsys, "eval", "--model", folders["multiverse"], "--data", _task(tmp_path),
+                       "--max-new-tokens", "4", "--output", report)
     assert code == 0, err
     assert json.loads(report.read_text())["n"] == 2
 

@@ -62,7 +62,8 @@ def test_commentary_attaches_to_its_step_and_nested_groups_nest():
 
 
 def test_cases_and_options_make_selective_blocks():
-    steps = ["Case 1: n is even.", "Then n^2 = 4k^2 is 0 mod 4.", "Case 2: n is odd.", "Then n^2 = 4k^2 + 4k + 1 is 1 mod 4.",
+    steps = ["Case 1: n is even.", "Then n^2 = 4k^2 is 0 mod 4.",
+             "Case 2: n is odd.", "Then n^2 = 4k^2 + 4k + 1 is 1 mod 4.",
              "So n^2 is 0 or 1 mod 4."]
     [block] = blocks(plan_chain(steps))
     assert block.kind == "selective" and block.conclusion == steps[-1]
@@ -117,7 +118,8 @@ def test_validator_rejects_lost_content():
 def test_validator_rejects_a_path_using_a_sibling_result():
     chain = "A: 1 + 2 = 3.\nB: 3 + 5 = 8.\nTotal: 3 + 8 = 11.\n\\boxed{11}"
     response = format_response(
-        format_parallel([("1", "A"), ("2", "B")], ["A: 1 + 2 = 3.", "B: 3 + 5 = 8."], "Total: 3 + 8 = 11."), "\\boxed{11}"
+        format_parallel([("1", "A"), ("2", "B")], ["A: 1 + 2 = 3.", "B: 3 + 5 = 8."], "Total: 3 + 8 = 11."),
+        "\\boxed{11}",
     )
     verdict = validate_response(response, chain)
     assert not verdict.ok and verdict.reason.startswith(

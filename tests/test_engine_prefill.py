@@ -24,7 +24,7 @@ KERNEL_REPO = Path(__file__).resolve().parents[1] / "hub_kernels" / "multiverse_
 
 
 def cut_after_first_block(model, tokenizer, skeleton: str):
-    """One run; returns (template, prompt + response cut 2 tokens after its first top-level block, the rest, its logprobs)."""
+    """One run: (template, prompt + response cut 2 tokens after its first top-level block, the rest, its logprobs)."""
     template = skeleton_template(tokenizer, SKELETONS[skeleton])
     enc, out, responses = run(model, tokenizer, ["What is 2+2?"], template, output_scores=True)
     response = responses[0]

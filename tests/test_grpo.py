@@ -211,8 +211,9 @@ def test_cli_two_steps_save_reload_and_fork(tmp_path):
     write_jsonl(synthesize(4, seed=0, k=(2, 2), bags=(2, 2), task="most"), tmp_path / "problems.jsonl")
     out = tmp_path / "grpo"
     code = main([
-        "--recipe", "grpo", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "problems.jsonl"), "--output", str(out),
-        "--max-steps", "2", "--num_generations", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "16",
+        "--recipe", "grpo", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "problems.jsonl"),
+        "--output", str(out), "--max-steps", "2", "--num_generations", "2", "--per_device_train_batch_size", "2",
+        "--max_completion_length", "16",
         "--report_to", "none", "--save_strategy", "no", "--use_cpu", "true", "--logging_steps", "1",
     ])
     assert code == 0

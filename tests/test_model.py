@@ -242,8 +242,10 @@ def test_the_remote_code_check_really_hides_the_repository(tmp_path):
     the editable install makes the repository importable again."""
     probe = "import importlib.util; print(importlib.util.find_spec('modeling_multiverse') is None)"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    hidden = subprocess.run([sys.executable, "-S", "-c", f"import sys, json; sys.path[:0] = json.loads(sys.argv[1]); {probe}",
-                             json.dumps(_site_dirs())], cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    hidden = subprocess.run([sys.executable, "-S", "-c",
+                             f"import sys, json; sys.path[:0] = json.loads(sys.argv[1]); {probe}",
+                             json.dumps(_site_dirs())],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
     visible = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert hidden.stdout.strip() == "True", hidden.stderr
     assert visible.stdout.strip() == "False", "expected the editable install to expose the repository"

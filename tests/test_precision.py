@@ -35,7 +35,9 @@ def test_an_explicit_precision_is_kept_and_emulated_bf16_is_flagged(cpu_bf16):
         choose_precision("fp16", "cpu")
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX2_ONLY limits x86 instruction sets")
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX2_ONLY limits x86 instruction sets"
+)
 def test_a_fast_cpu_restricted_to_avx2_decodes_in_fp32():
     """With `AVX2_ONLY` set, any x86 CPU answers as an AVX2-only one: auto gives fp32, bf16 is emulated."""
     import json

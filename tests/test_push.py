@@ -64,7 +64,10 @@ def test_push_dataset_folder(tmp_path, calls):
         (lambda f: (f / "README.md").unlink(), "no README.md"),
         (lambda f: (f / "README.md").write_text("---\nlicense: [unclosed\n---\n# x\n"), "card metadata does not parse"),
         (lambda f: (f / "README.md").write_text("# just a title\n"), "no YAML metadata"),
-        (lambda f: (f / "README.md").write_text("---\nmodel-index: [{name: x, results: [{}]}]\n---\n"), "does not parse"),
+        (
+            lambda f: (f / "README.md").write_text("---\nmodel-index: [{name: x, results: [{}]}]\n---\n"),
+            "does not parse",
+        ),
         (lambda f: (f / "model.safetensors").unlink(), "no weights"),
         (lambda f: (f / "config.json").write_text("{oops"), "config.json: not valid JSON"),
         (lambda f: (f / "attention.py").unlink(), r"\.py names attention\.py, which is not in the folder"),

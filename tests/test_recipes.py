@@ -35,7 +35,10 @@ FAST = dict(per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1, 
 
 def records(n: int = 8) -> list[dict]:
     return [
-        {"prompt": [{"role": "user", "content": "q" * (1 + 7 * i)}], "completion": [{"role": "assistant", "content": example_response()}]}
+        {
+            "prompt": [{"role": "user", "content": "q" * (1 + 7 * i)}],
+            "completion": [{"role": "assistant", "content": example_response()}],
+        }
         for i in range(n)
     ]
 

@@ -181,16 +181,36 @@ MALFORMED = {
     "unclosed block": (f"<Think>\n{GOAL_2}{PATH_1}{PATH_2}", None, ["found the end", "<Parallel>", "unclosed"]),
     "unclosed path": (f"{GOAL_2}{PATH_1}\n<Path>\n2: y", None, ["found the end", "<Path>", "unclosed"]),
     "</Path> outside a path": ("<Think>\nhello</Path>", "</Path>", ["found </Path>", "expected"]),
-    "<Path> before </Goal>": ("<Parallel>\n<Goal>\n<Outline>1: a</Outline>\n<Path>", "<Path>", ["found <Path>", "</Goal>"]),
-    "more paths than outlines": (f"{GOAL_2}{PATH_1}{PATH_2}\n<Path>\n3: w</Path>{CLOSE}", "<Path>\n3", ["found <Path>", "2 outline"]),
-    "fewer paths at <Conclusion>": (f"{GOAL_2}{PATH_1}{CLOSE}", "<Conclusion>", ["found <Conclusion>", "expected <Path>", "1 of 2"]),
-    "path label differs from its outline": (f"{GOAL_2}{PATH_1}\n<Path>\n7: y</Path>{CLOSE}", "<Path>\n7", ["'7'", "expected '2'"]),
+    "<Path> before </Goal>": (
+        "<Parallel>\n<Goal>\n<Outline>1: a</Outline>\n<Path>",
+        "<Path>",
+        ["found <Path>", "</Goal>"],
+    ),
+    "more paths than outlines": (
+        f"{GOAL_2}{PATH_1}{PATH_2}\n<Path>\n3: w</Path>{CLOSE}",
+        "<Path>\n3",
+        ["found <Path>", "2 outline"],
+    ),
+    "fewer paths at <Conclusion>": (
+        f"{GOAL_2}{PATH_1}{CLOSE}",
+        "<Conclusion>",
+        ["found <Conclusion>", "expected <Path>", "1 of 2"],
+    ),
+    "path label differs from its outline": (
+        f"{GOAL_2}{PATH_1}\n<Path>\n7: y</Path>{CLOSE}",
+        "<Path>\n7",
+        ["'7'", "expected '2'"],
+    ),
     "duplicate outline labels": (
         f"<Parallel>\n<Goal>\n{_outline(1)}\n{_outline(1)}\n</Goal>",
         "</Goal>",
         ["duplicate", "'1'", "expected distinct"],
     ),
-    "non-numeric outline label": ("<Parallel>\n<Goal>\n<Outline>a: t</Outline>", "a: t", ["'a: t'", "expected a label"]),
+    "non-numeric outline label": (
+        "<Parallel>\n<Goal>\n<Outline>a: t</Outline>",
+        "a: t",
+        ["'a: t'", "expected a label"],
+    ),
     "non-numeric path label": (f"{GOAL_2}\n<Path>\nfirst: x</Path>", "\nfirst", ["'first: x'", "expected a label"]),
     "text between </Goal> and <Path>": (f"{GOAL_2}\nhello{PATH_1}", "\nhello", ["'hello'", "expected only whitespace"]),
     "text between </Path> and <Path>": (f"{GOAL_2}{PATH_1} and{PATH_2}", " and", ["'and'", "expected only whitespace"]),
@@ -199,7 +219,11 @@ MALFORMED = {
     "<Think> nested in a path": (f"<Think>\n{GOAL_2}\n<Path>\n1: <Think>", "<Think>", ["found <Think>", "</Path>"]),
     "a second <Think>": ("<Think>\na</Think>\n<Think>", "<Think>", ["found <Think>", "single"]),
     "<Conclusion> outside a block": ("<Think>\n<Conclusion>", "<Conclusion>", ["found <Conclusion>", "expected"]),
-    "</Parallel> before the conclusion": (f"{GOAL_2}{PATH_1}{PATH_2}\n</Parallel>", "</Parallel>", ["found </Parallel>", "<Conclusion>"]),
+    "</Parallel> before the conclusion": (
+        f"{GOAL_2}{PATH_1}{PATH_2}\n</Parallel>",
+        "</Parallel>",
+        ["found </Parallel>", "<Conclusion>"],
+    ),
 }
 
 

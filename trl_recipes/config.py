@@ -58,7 +58,10 @@ class RecipeArguments:
 
     dataset_name: str = field(
         default=None,
-        metadata={"help": "Local .jsonl/.json/.parquet, a save_to_disk folder, or a Hub dataset id.", "aliases": ["--dataset"]},
+        metadata={
+            "help": "Local .jsonl/.json/.parquet, a save_to_disk folder, or a Hub dataset id.",
+            "aliases": ["--dataset"],
+        },
     )
     recipe: str = field(
         default="multiverse",
@@ -112,7 +115,10 @@ class MultiverseSFTConfig(SFTConfig):
     )
     precision: str = field(
         default="auto",
-        metadata={"help": "auto: bf16 where the hardware runs it natively, else fp32; or fp32 / bf16.", "choices": list(PRECISIONS)},
+        metadata={
+            "help": "auto: bf16 where the hardware runs it natively, else fp32; or fp32 / bf16.",
+            "choices": list(PRECISIONS),
+        },
     )
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: from --precision."})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": OLD_CHECKPOINTING_HELP})
@@ -145,5 +151,8 @@ class MultiverseModelConfig(ModelConfig):
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A converted Multiverse model folder or Hub id (any causal LM for the AR recipe).", "aliases": ["--model"]},
+        metadata={
+            "help": "A converted Multiverse model folder or Hub id (any causal LM for the AR recipe).",
+            "aliases": ["--model"],
+        },
     )

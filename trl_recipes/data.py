@@ -116,7 +116,11 @@ def check_columns(columns: list[str], source: object = "dataset") -> str:
     raise ValueError(
         f"{source}: expected columns 'prompt' and 'completion' (prompt/completion format) or 'messages' "
         f"(conversational format); found columns {sorted(columns)}"
-        + ("; this is curate output: train on its --export-dir folder" if "status" in columns and "multiverse" in columns else "")
+        + (
+            "; this is curate output: train on its --export-dir folder"
+            if "status" in columns and "multiverse" in columns
+            else ""
+        )
     )
 
 

@@ -6,7 +6,9 @@ and chat template, the engine as `custom_generate/` and the spec as `SPEC.md` (a
 `save_pretrained` writes both), a model card, and `trainer_state.json`.
 
 Example:
-    >>> save_hub_ready(trainer, "out/smollm2-multiverse-sft", recipe="multiverse", base_model="out/smollm2-multiverse")  # doctest: +SKIP
+    >>> save_hub_ready(  # doctest: +SKIP
+    ...     trainer, "out/smollm2-multiverse-sft", recipe="multiverse", base_model="out/smollm2-multiverse"
+    ... )
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Everything per example is computed once here, so the collator only pads and stac
 `forbid_lo`, `forbid_hi`, see `modeling_multiverse.TokenStructure`), plus `length` for length grouping.
 
 Example:
-    >>> prepared, report = prepare_dataset(load_sft_dataset("train.jsonl"), tokenizer, recipe="multiverse", max_length=512)  # doctest: +SKIP
+    >>> prepared, report = prepare_dataset(  # doctest: +SKIP
+    ...     load_sft_dataset("train.jsonl"), tokenizer, recipe="multiverse", max_length=512
+    ... )
     >>> report.skipped  # doctest: +SKIP
     []
 """

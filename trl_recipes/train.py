@@ -94,7 +94,9 @@ def train(
 
     source = dataset if dataset is not None else recipe_args.dataset_name
     prepared, report = prepare_dataset(
-        load_sft_dataset(source, config=recipe_args.dataset_config, split=recipe_args.dataset_train_split, fallback_split=recipe),
+        load_sft_dataset(
+            source, config=recipe_args.dataset_config, split=recipe_args.dataset_train_split, fallback_split=recipe
+        ),
         tokenizer,
         recipe=recipe,
         max_length=config.max_length,

@@ -6,7 +6,9 @@ an additive `[B, 1, S, S]` mask for sdpa/eager (the reference), a flex `BlockMas
 (O(S) memory beyond its block table).
 
 Example:
-    >>> trainer = MultiverseSFTTrainer(model=model, args=config, train_dataset=prepared, processing_class=tokenizer)  # doctest: +SKIP
+    >>> trainer = MultiverseSFTTrainer(  # doctest: +SKIP
+    ...     model=model, args=config, train_dataset=prepared, processing_class=tokenizer
+    ... )
     >>> trainer.train()  # doctest: +SKIP
 """
 

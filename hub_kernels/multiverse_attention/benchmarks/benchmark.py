@@ -340,7 +340,8 @@ def main() -> None:
         torch._dynamo.config.cache_size_limit = 64  # flex compiles per shape: never fall back to eager flex
     flex = torch.compile(flex_attention) if sizes.compile_flex else flex_attention
     device_name = torch.cuda.get_device_name() if sizes.device == "cuda" else "cpu (Triton interpreter)"
-    print(f"kernel: {how}; device: {device_name}; {sizes.dtype}; heads {sizes.heads}/{sizes.kv_heads} x {sizes.head_dim}; "
+    print(f"kernel: {how}; device: {device_name}; {sizes.dtype}; "
+          f"heads {sizes.heads}/{sizes.kv_heads} x {sizes.head_dim}; "
           f"{sizes.tokens_per_branch} tokens per branch", flush=True)
     cases = prefill_cases(kernel, sizes, flex) + decode_cases(kernel, sizes, flex)
     header = "| case | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1)

@@ -252,7 +252,9 @@ def branch_decode_attention(
 
     Example:
         >>> enter, exit = tree_intervals([-1, -1])  # doctest: +SKIP
-        >>> out = branch_decode_attention(q, pk, pv, bk, bv, enter[owner][None], exit[owner][None], enter[None])  # doctest: +SKIP
+        >>> out = branch_decode_attention(  # doctest: +SKIP
+        ...     q, pk, pv, bk, bv, enter[owner][None], exit[owner][None], enter[None]
+        ... )
     """
     batch, num_heads, num_branches, head_dim = query.shape
     num_kv_heads = prefix_key.shape[1]

@@ -34,7 +34,7 @@ class MultiverseAttention(nn.Module):
 
 
 class BranchDecodeAttention(nn.Module):
-    """One token per live branch over the shared prefix and the visible branch tokens (see `branch_decode_attention`)."""
+    """One token per live branch over the shared prefix and the visible branch tokens; see `branch_decode_attention`."""
 
     has_backward = False
     can_torch_compile = False

@@ -41,7 +41,8 @@ def reference_prefill_attention(query, key, value, forbid_lo, forbid_hi, scale=N
 
 
 def reference_branch_decode_attention(
-    query, prefix_key, prefix_value, branch_key, branch_value, token_enter, token_exit, query_node, scale=None, *, prefix_start=None
+    query, prefix_key, prefix_value, branch_key, branch_value, token_enter, token_exit, query_node, scale=None, *,
+    prefix_start=None,
 ) -> torch.Tensor:
     """What `branch_decode_attention` must return: attention over [prefix, branch tokens] with the tree mask."""
     batch, _, num_branches, _ = query.shape
