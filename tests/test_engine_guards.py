@@ -122,7 +122,7 @@ def test_engine_options_resolve_once_the_way_generate_reads_them(tiny, monkeypat
     from modeling_multiverse.generation import ENGINE_DEFAULTS, resolve_engine_options
 
     model, tokenizer = tiny
-    assert ENGINE_DEFAULTS == {"max_depth": 2, "max_branches": 16, "max_branch_tokens": 2048}
+    assert ENGINE_DEFAULTS == {"max_depth": 2, "max_branches": 16, "max_branch_tokens": 2048, "merge": "exact"}
     assert resolve_engine_options() == ENGINE_DEFAULTS
     given = SimpleNamespace(max_depth=1, max_branches=None)
     monkeypatch.setattr(model.generation_config, "max_branch_tokens", 99, raising=False)
