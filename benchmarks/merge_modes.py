@@ -7,7 +7,16 @@ well-formedness, parallelism and the re-prefilled tokens; then conclusion-token 
 the fraction of conclusion tokens (all `<Conclusion>` bodies, in order) equal position by position
 between the two outputs, over the longer of the two, averaged over the problems where either has one.
 
+With `--traces` (gold responses, e.g. a demo run's `curated.jsonl`, questions from `--problems`), it also reads
+each gold response with one block, not nested, both ways, teacher-forced: the exact merge's reading is one forward
+under SPEC 4 and 5, the re-prefill's is one plain causal forward (for such a response that is exactly what a
+stock engine computes from the first `<Conclusion>` on). Over the tokens after that tag it prints the top-1
+agreement of the two readings and the mean gold-token log-probability under each, and what re-prefill costs:
+path tokens re-fed and how many positions later the conclusion sits (sum of the paths minus the longest).
+
     $ python benchmarks/merge_modes.py --model runs/demo/multiverse-model --data runs/demo/held_out.jsonl --limit 200
+    $ python benchmarks/merge_modes.py --model M --data runs/demo/held_out.jsonl \
+        --traces runs/demo/curated.jsonl --problems runs/demo/problems.jsonl
 """
 
 from __future__ import annotations
@@ -25,7 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluation.evaluate import evaluate, load_records
+from modeling_multiverse import parse_ids, prompt_ids, tag_ids_from_tokenizer
 from modeling_multiverse.engine import MERGE_MODES
+from modeling_multiverse.structure import CONCLUSION, TAGS
+from runtime.jsonl import iter_jsonl
 from runtime.precision import (
     PRECISIONS,
     choose_precision,
@@ -95,6 +107,46 @@ def compare(tokenizer, reports: dict[str, dict]) -> dict:
     return summary
 
 
+@torch.inference_mode()
+def teacher_forced(model, tokenizer, traces: list[dict], questions: dict[str, str], kind: str) -> dict:
+    """Gold one-block responses read under exact merge and under re-prefill (see the module docstring)."""
+    tag_ids = tag_ids_from_tokenizer(tokenizer)
+    agree = scored = read = refed = shift = response_tokens = 0
+    gold = {"exact": 0.0, "reprefill": 0.0}
+    for trace in traces:
+        response = tokenizer(trace["multiverse"], add_special_tokens=False)["input_ids"]
+        blocks = list(parse_ids(response, tag_ids).iter_blocks())
+        if len(blocks) != 1 or trace["id"] not in questions:
+            continue
+        paths = [unit.end - unit.start for unit in blocks[0].paths]
+        prompt = prompt_ids(tokenizer, questions[trace["id"]], kind, parallel=True)
+        ids = torch.tensor([prompt + response], device=model.device)
+        first = len(prompt) + response.index(tag_ids[TAGS[CONCLUSION]]) + 1  # tokens from here on read differently
+        exact = model(ids).logits[0, first - 1 : -1].float().log_softmax(-1)
+        stock = model.lm_head(model.model(input_ids=ids).last_hidden_state)[0, first - 1 : -1].float().log_softmax(-1)
+        targets = ids[0, first:, None]
+        agree += int((exact.argmax(-1) == stock.argmax(-1)).sum())
+        gold["exact"] += float(exact.gather(1, targets).sum())
+        gold["reprefill"] += float(stock.gather(1, targets).sum())
+        scored += targets.shape[0]
+        read += 1
+        refed += sum(paths)
+        shift += sum(paths) - max(paths)
+        response_tokens += len(response)
+    if not read:
+        return {"traces": 0}
+    return {
+        "traces": read,
+        "tokens_scored": scored,
+        "top1_agreement": agree / scored,
+        "gold_logprob_exact": gold["exact"] / scored,
+        "gold_logprob_reprefill": gold["reprefill"] / scored,
+        "reprefill_tokens": refed / read,
+        "reprefill_share_of_response": refed / response_tokens,
+        "conclusion_position_shift": shift / read,
+    }
+
+
 def run_mode(model, tokenizer, records: list[dict], kind: str, mode: str, args) -> dict:
     """One `multiverse eval` pass under `merge=mode`, with the mean re-prefilled tokens per problem added."""
     model.generation_config.merge = mode
@@ -143,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--output", help="write both reports and the comparison to this JSON file")
+    parser.add_argument("--traces", help="gold responses (JSONL with `id` and `multiverse`) to read teacher-forced")
+    parser.add_argument("--problems", help="the questions of --traces (JSONL with `id` and `question`)")
+    parser.add_argument("--skip-decoding", action="store_true", help="only the teacher-forced reading of --traces")
     args = parser.parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,11 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     records, kind = load_records(args.data, args.kind, args.limit)
-    reports = {mode: run_mode(model, tokenizer, records, kind, mode, args) for mode in MERGE_MODES}
-    summary = compare(tokenizer, reports)
+    reports, summary = {}, {}
+    if not args.skip_decoding:
+        reports = {mode: run_mode(model, tokenizer, records, kind, mode, args) for mode in MERGE_MODES}
+        summary = compare(tokenizer, reports)
+        print(format_table(summary))
+    if args.traces:
+        questions = {str(r["id"]): r["question"] for _, r in iter_jsonl(args.problems or args.data)}
+        traces = [t for _, t in iter_jsonl(args.traces) if t.get("multiverse")]
+        summary["teacher_forced"] = teacher_forced(model, tokenizer, traces, questions, kind)
+        print("teacher-forced gold responses:", json.dumps(summary["teacher_forced"]))
     summary.update(model=args.model, data=args.data, max_new_tokens=args.max_new_tokens,
                    precision=precision.as_dict(), hardware=hardware_line(hardware_report(args.device, 256, 0.2)))
-    print(format_table(summary))
     print(summary["hardware"])
     if args.output:
         Path(args.output).write_text(json.dumps({"summary": summary, "reports": reports}, indent=2) + "\n")

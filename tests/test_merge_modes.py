@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import tiny_model
+from tiny import example_response, tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import merge_modes
@@ -17,14 +17,18 @@ from evaluation.evaluate import main as eval_main
 RECORDS = [{"id": f"p{i}", "question": f"What is {i}+1?", "answer": str(i + 1)} for i in range(2)]
 
 
+def write(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     model, tokenizer = tiny_model()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    data = folder / "problems.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    data = write(folder / "problems.jsonl", RECORDS)
     return folder, data, tokenizer
 
 
@@ -74,3 +78,25 @@ def test_script_and_eval_flag_run_both_modes(saved, tmp_path, capsys):
     assert json.loads(report_path.read_text())["merge"] == "reprefill"
     with pytest.raises(SystemExit):
         eval_main([*argv, "--merge", "stock"])
+
+
+def test_teacher_forced_reading_of_gold_traces(saved, tmp_path, capsys):
+    folder, data, tokenizer = saved
+    units = ["\n<Path>\n1: aa</Path>", "\n<Path>\n2: bbbb</Path>"]
+    flat = ("<Think>\n<Parallel>\n<Goal>\n<Outline>1: a</Outline>\n<Outline>2: b</Outline>\n</Goal>" + "".join(units)
+            + "\n<Conclusion>\nab</Conclusion>\n</Parallel>\n</Think>\nok")
+    traces = [{"id": "p0", "multiverse": flat}, {"id": "p1", "multiverse": example_response()}]
+    traces = write(tmp_path / "traces.jsonl", traces)
+    output = tmp_path / "tf.json"
+    argv = ["--model", str(folder), "--data", str(data), "--precision", "fp32", "--skip-decoding",
+            "--traces", str(traces), "--output", str(output)]
+    assert merge_modes.main(argv) == 0
+    assert "teacher-forced gold responses" in capsys.readouterr().out
+    read = json.loads(output.read_text())["summary"]["teacher_forced"]
+    lengths = [len(tokenizer(u, add_special_tokens=False)["input_ids"]) for u in units]
+    assert read["traces"] == 1, "the nested trace is not read: a stock engine's reading of it is not one forward"
+    assert read["reprefill_tokens"] == sum(lengths) and read["conclusion_position_shift"] == min(lengths)
+    after = tokenizer("\nab</Conclusion>\n</Parallel>\n</Think>\nok", add_special_tokens=False)["input_ids"]
+    assert read["tokens_scored"] == len(after)
+    assert 0.0 <= read["top1_agreement"] <= 1.0
+    assert abs(read["gold_logprob_exact"] - read["gold_logprob_reprefill"]) > 1e-6
