@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     precision = choose_precision(args.precision, args.device)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=precision.dtype)
+    # the engine of this checkout (registered on import), not the copy saved beside the weights
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
     model = model.to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     records, kind = load_records(args.data, args.kind, args.limit)
