@@ -43,6 +43,7 @@ from evaluation.sampling import (
     summarize_samples,
 )
 from modeling_multiverse import MissingTagsError, StructureError, parse_text, prompt_ids, tag_ids_from_tokenizer
+from modeling_multiverse.engine import MERGE_MODES
 from runtime.distributed import Launch
 from runtime.jsonl import iter_jsonl
 from runtime.precision import PRECISIONS, choose_precision
@@ -352,6 +353,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="decoding precision; auto: bf16 where the device runs it natively, else fp32 (default)",
     )
     parser.add_argument("--output", help="write the full report (with per-problem records) to this JSON file")
+    parser.add_argument("--merge", choices=MERGE_MODES, default=MERGE_MODES[0],
+                        help="exact: conclusions read the paths' cache; reprefill: as a stock vLLM/SGLang must serve")
     add_parallel_argument(parser)  # torchrun / accelerate launch: evaluation/distributed.py
     add_sampling_arguments(parser)  # --num-samples k: pass@k, maj@k (evaluation/sampling.py)
     args = parser.parse_args(argv)
@@ -394,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = engine_model(model, tokenizer)  # a plain baseline decodes through the same engine (evaluation/baseline.py)
     parallel_prompt = is_multiverse_tokenizer(tokenizer) if args.parallel_prompt is None else args.parallel_prompt
+    model.generation_config.merge = args.merge  # an engine option: generate() reads it from here
 
     def evaluate_part(part: list[dict]) -> dict[str, Any]:
         if args.num_samples > 1:
@@ -406,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if report is None:  # not rank 0: rank 0 reports for every process
         return 0
     report.update(model=args.model, data=str(args.data), parallel_prompt=parallel_prompt, precision=precision.as_dict())
+    report.update(merge=args.merge)
     if args.num_samples > 1:
         report.update(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     print(format_summary(report))

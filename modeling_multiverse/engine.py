@@ -6,7 +6,9 @@ SPEC 5 position id and a mask row that opens exactly the cache columns of its ow
 tree attention for speculative decoding. The mask comes from a visibility table on the model's
 device (`decode_attention.VisibilityTable`, one row per branch) to which each step only writes its
 own columns: a fork copies the parent's row; a merge ORs the children's rows into the parent's, so
-the conclusion sees every path without recomputing anything. The KV cache grows in place.
+the conclusion sees every path without recomputing anything. The KV cache grows in place. With the
+option `merge="reprefill"` (`MERGE_MODES`) a merge instead re-feeds the paths to the parent as a stock
+engine would: a causal chunk after the trunk, at sequential positions (counted as `reprefill_tokens`).
 
 The loop (`MultiverseEngine.run`): pack the step's inputs from the engine state (`pack_step`; the
 first step is the prefill of the prompts) -> the model -> settle what was fed (forks, ends of paths,
@@ -97,6 +99,11 @@ from .transformers_generation import attention_implementation, special_token_ids
 LIVE, CLOSING, ENDING = BranchState.LIVE, BranchState.CLOSING, BranchState.ENDING
 FORKING, FINISHING = BranchState.FORKING, BranchState.FINISHING
 
+MERGE_MODES = ("exact", "reprefill")
+"""How a conclusion reads its block's paths (engine option `merge`, first = default). `exact`: from the cache, as
+SPEC 4 and 5 say. `reprefill`: what a stock engine (vLLM, SGLang unchanged) must do: the paths re-fed causally
+after the trunk, at sequential positions, so path k sees paths 1..k-1, which the model was never trained on."""
+
 @dataclass
 class StepInputs:
     """One forward pass, packed by `pack_step` from the engine state (which packing does not change).
@@ -179,6 +186,9 @@ class MultiverseEngine:
         self.max_depth = int(options["max_depth"])
         self.max_branches = int(options["max_branches"])
         self.max_branch_tokens = options["max_branch_tokens"]
+        self.merge = options.get("merge", MERGE_MODES[0])
+        if self.merge not in MERGE_MODES:
+            raise ValueError(f"merge must be one of {', '.join(MERGE_MODES)}, got {self.merge!r}")
         if self.max_branches < 1 or self.max_depth < 0:
             raise ValueError(
                 f"max_branches must be >= 1 and max_depth >= 0, got {self.max_branches} and {self.max_depth}"
@@ -427,14 +437,22 @@ class MultiverseEngine:
             self._merge(seq, parent)
 
     def _merge(self, seq: _Sequence, parent: _Branch) -> None:
-        """Append every path to the parent's view in label order and open all of them to it."""
+        """Append every path to the parent's view in label order. `exact`: open all of them to it. `reprefill`:
+        feed them to it once more as one causal chunk, at the positions that follow its trunk (still P0 here)."""
+        paths_start = len(parent.view)
         for child in parent.children:
             for token in child.view[child.own_start :]:
                 parent.parser.feed(self._kind(token), len(parent.view))
                 parent.view.append(token)
             parent.logprobs.extend(child.logprobs[child.own_start :])
-            seq.visibility_ops.append(("merge", parent.slot, child.slot))
-        parent.position = max(c.position for c in parent.children)
+            if self.merge == "exact":
+                seq.visibility_ops.append(("merge", parent.slot, child.slot))
+        if self.merge == "exact":
+            parent.position = max(c.position for c in parent.children)
+        else:  # prefill, not generation: neither the budget nor the stream sees these tokens
+            parent.pending = parent.view[paths_start:]
+            if not seq.finalizing:  # (a finalizing sequence feeds nothing more)
+                seq.reprefill_tokens += len(parent.pending)
         parent.children = []
         self._transition(seq, parent, BranchEvent.MERGED)
         if seq.finalizing and parent.state is LIVE:  # forked before the budget ran out

@@ -155,6 +155,7 @@ class _Sequence:
         self.state = SequenceState.DECODING
         self.generated = 0
         self.closing_tokens = 0
+        self.reprefill_tokens = 0  # paths re-fed to their parent by `merge="reprefill"` (prefill, not generated)
         self.steps = 0
 
     def new_branch(

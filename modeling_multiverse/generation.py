@@ -37,7 +37,7 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.utils import ModelOutput
 
 from .decode_attention import engine_attention
-from .engine import MultiverseEngine, StepInputs, pack_step
+from .engine import MERGE_MODES, MultiverseEngine, StepInputs, pack_step
 from .engine_state import _FORCED, _Sequence
 from .streaming import GenerationStream
 from .structure import parse_ids
@@ -48,13 +48,15 @@ from .transformers_generation import (
     prepare_special_tokens,
 )
 
-ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 16, "max_branch_tokens": 2048}
+ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 16, "max_branch_tokens": 2048, "merge": MERGE_MODES[0]}
 """Engine options, read from `generate(...)` kwargs, else from `generation_config` attributes, else here
 (`resolve_engine_options`):
 - `max_depth`: deepest block whose paths are decoded side by side (1 = top-level blocks only).
 - `max_branches`: most outlines (hence paths) one goal may have. Real Multiverse-32B traces open blocks
   of up to 10 paths; a lower cap would reshape them.
 - `max_branch_tokens`: most tokens one path may write itself (its nested paths count on their own).
+- `merge`: "exact" (the conclusion reads the paths from the cache, SPEC 6) or "reprefill" (the paths are fed
+  again causally before the conclusion, as a stock vLLM/SGLang must serve the model; `engine.MERGE_MODES`).
 """
 
 
@@ -64,7 +66,7 @@ def resolve_engine_options(model=None, generation_config=None, **options) -> dic
     dict to rollouts (`generate(**options)`) and to a loss that must read the text under the same rules.
 
     >>> resolve_engine_options(max_branches=4)
-    {'max_depth': 2, 'max_branches': 4, 'max_branch_tokens': 2048}
+    {'max_depth': 2, 'max_branches': 4, 'max_branch_tokens': 2048, 'merge': 'exact'}
     """
     unknown = sorted(set(options) - set(ENGINE_DEFAULTS))
     if unknown:
@@ -92,6 +94,7 @@ class MultiverseGenerateOutput(ModelOutput):
     - `blocks`: every block of the response, in order: `labels`, `branch_lengths` (tokens of each path
       unit), `depth` (0 = top level), `start` (index of `<Parallel>` in the response).
     - `cache_tokens`: peak KV cache length (tokens per row, padding slots included).
+    - `reprefill_tokens`: path tokens fed again at merges (`merge="reprefill"`; 0 for exact): extra prefill.
     - `token_logprobs` (with `output_scores=True`): `[B, response width]` float32, aligned with the
       response part of `sequences` (canonical order): the log-probability of each sampled token under
       the distribution it was drawn from (logits after the processors, temperature included, and the
@@ -107,6 +110,7 @@ class MultiverseGenerateOutput(ModelOutput):
     parallelism: list | None = None
     blocks: list | None = None
     cache_tokens: int | None = None
+    reprefill_tokens: list | None = None
     token_logprobs: torch.FloatTensor | None = None
 
 
@@ -302,6 +306,7 @@ def _package(engine: MultiverseEngine, seqs: list[_Sequence], request: _Request)
         parallelism=[s.generated / max(s.steps, 1) for s in seqs],
         blocks=[_block_stats(engine, s) for s in seqs],
         cache_tokens=engine.cache_length,
+        reprefill_tokens=[s.reprefill_tokens for s in seqs],
         token_logprobs=token_logprobs,
     )
 

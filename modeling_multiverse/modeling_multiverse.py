@@ -155,7 +155,7 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
     def generate(self, *args, multiverse: bool = True, **kwargs):
         """Fork/merge decoding (SPEC 6, `generation.multiverse_generate`); `multiverse=False` decodes plainly.
 
-        Engine options (`max_depth`, `max_branches`, `max_branch_tokens`) are keyword arguments or
+        Engine options (`max_depth`, `max_branches`, `max_branch_tokens`, `merge`) are keyword arguments or
         `generation_config` attributes. Pass `tokenizer=` unless the model was loaded from a folder with one.
 
         >>> out = model.generate(input_ids, tokenizer=tok, max_new_tokens=128, return_dict_in_generate=True)  # doctest: +SKIP

@@ -122,14 +122,14 @@ def test_engine_options_resolve_once_the_way_generate_reads_them(tiny, monkeypat
     from modeling_multiverse.generation import ENGINE_DEFAULTS, resolve_engine_options
 
     model, tokenizer = tiny
-    assert ENGINE_DEFAULTS == {"max_depth": 2, "max_branches": 16, "max_branch_tokens": 2048}
+    assert ENGINE_DEFAULTS == {"max_depth": 2, "max_branches": 16, "max_branch_tokens": 2048, "merge": "exact"}
     assert resolve_engine_options() == ENGINE_DEFAULTS
     given = SimpleNamespace(max_depth=1, max_branches=None)
     monkeypatch.setattr(model.generation_config, "max_branch_tokens", 99, raising=False)
     monkeypatch.setattr(model.generation_config, "max_depth", 3, raising=False)
     # keyword arguments, else the given generation_config, else the model's, else the defaults
     options = resolve_engine_options(model, given, max_branches=5)
-    assert options == {"max_depth": 1, "max_branches": 5, "max_branch_tokens": 99}
+    assert options == {"max_depth": 1, "max_branches": 5, "max_branch_tokens": 99, "merge": "exact"}
     with pytest.raises(ValueError, match="unknown engine options max_paths"):
         resolve_engine_options(model, max_paths=3)
     seen = []

@@ -150,6 +150,8 @@ class MultiverseGRPOTrainer(GRPOTrainer):
         missing = sorted(set(ENGINE_DEFAULTS) - set(self.engine_options))
         if missing:
             raise ValueError(f"engine_options lacks {missing}: build it with resolve_engine_options()")
+        if self.engine_options["merge"] != "exact":  # the loss reads the paths under SPEC 4, as exact merge does
+            raise ValueError("GRPO rollouts need merge='exact': under re-prefill the loss's ratio is not exact")
         # TRL's sampling settings, plus the engine's per-token log-probabilities
         self.rollout_config = copy.deepcopy(self.generation_config)
         self.rollout_config.update(return_dict_in_generate=True, output_scores=True)
