@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_multiverse import prompt_ids
+from modeling_multiverse.serving import ContinuousEngine
 
 
 def is_multiverse_model(model) -> bool:
@@ -33,8 +34,6 @@ def generate_continuous(
 ) -> list[tuple[list[int], dict, float]]:
     """Greedy responses of every record, `batch_size` running at once: (response ids, engine stats, seconds
     from joining to finishing) per record, in order. The response ends with its eos (or closing tags)."""
-    from modeling_multiverse.serving import ContinuousEngine
-
     engine = ContinuousEngine(model, tokenizer, max_running=batch_size, pad_token_id=pad_id)
     joined: dict[int, float] = {}
     out: dict[int, tuple[list[int], dict, float]] = {}

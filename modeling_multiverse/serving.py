@@ -44,6 +44,7 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 from .decode_attention import engine_attention
 from .engine import MultiverseEngine
 from .engine_state import _Sequence
+from .generation import ENGINE_DEFAULTS, resolve_engine_options
 from .streaming import GenerationStream
 from .transformers_generation import prepare_generation_config, prepare_special_tokens
 
@@ -81,8 +82,6 @@ class ContinuousEngine:
     """
 
     def __init__(self, model, tokenizer, max_running: int = 8, generation_config=None, **kwargs):
-        from .generation import ENGINE_DEFAULTS, resolve_engine_options  # generation imports the engine too
-
         if max_running < 1:
             raise ValueError(f"max_running must be >= 1, got {max_running}")
         options = resolve_engine_options(model, generation_config, **{k: kwargs.pop(k, None) for k in ENGINE_DEFAULTS})
