@@ -192,6 +192,7 @@ class MultiverseEngine:
         self.seeds: dict[str, list[int]] = {}
         # processors that read token ids get the fixed per-sequence rows; score-only ones all branches at once
         self.processors_read_ids = any(not isinstance(p, _SCORE_ONLY) for p in processors or [])
+        self.max_new_tokens = 0  # the budget of a sequence without its own (`_Sequence.budget`)
         self.seqs: list[_Sequence] = []  # every prompt, in batch order
         self.rows: list[_Sequence] = []  # the prompts still in the cache, one row each, in cache order
         self.view: CriteriaView | None = None  # what processors and stopping criteria see
@@ -207,6 +208,12 @@ class MultiverseEngine:
 
     def _kind(self, token: int) -> int:
         return self.tag_of_id.get(token, TEXT)
+
+    def _budget(self, seq: _Sequence) -> int:
+        return self.max_new_tokens if seq.budget is None else seq.budget
+
+    def _stream(self, seq: _Sequence) -> GenerationStream:
+        return self.stream if seq.stream is None else seq.stream
 
     # -- the loop ------------------------------------------------------------------------------
     def run(
@@ -239,9 +246,10 @@ class MultiverseEngine:
 
     def _start(self, prompts: list[list[int]], max_new_tokens: int, prompt_ids: torch.Tensor | None) -> None:
         for row, prompt in enumerate(prompts):
-            self.seqs.append(self.sequence(prompt, row, max_new_tokens))
+            self.seqs.append(self.sequence(prompt, row))
             self.stream.open(row, self.seqs[-1].root)  # streaming hook
         self.rows = list(self.seqs)
+        self.max_new_tokens = max_new_tokens
         widest = max(len(p) for p in prompts)
         if prompt_ids is None:
             prompt_ids = torch.tensor([[self.pad_id] * (widest - len(p)) + p for p in prompts], dtype=torch.long)
@@ -256,7 +264,7 @@ class MultiverseEngine:
         self.cache_length = 0
         self.visibility = VisibilityTable(rows, 4, reserve, self.model.device, limit=expected)
 
-    def sequence(self, prompt: list[int], row: int, max_new_tokens: int) -> _Sequence:
+    def sequence(self, prompt: list[int], row: int, max_new_tokens: int | None = None) -> _Sequence:
         """A validated prompt as a sequence (not yet running): its grammar state, its root fed the prompt."""
         parser = StructureParser(partial=True)
         try:
@@ -270,7 +278,7 @@ class MultiverseEngine:
                 "still open): the engine starts from a prompt outside any block"
             )
         seq = _Sequence(row, prompt, parser)
-        seq.budget, seq.stream = max_new_tokens, self.stream
+        seq.budget = max_new_tokens
         return seq
 
     def admit(self, seq: _Sequence) -> None:
@@ -282,13 +290,13 @@ class MultiverseEngine:
         first step of fresh buffers: admit it into an idle engine.
         """
         if not self.rows:
-            self._new_buffers(0, None, seq.prompt_length + min(seq.budget, 512) + 64)
+            self._new_buffers(0, None, seq.prompt_length + min(self._budget(seq), 512) + 64)
         elif seq.prompt_structure is not None:
             raise ValueError("a prompt that holds blocks is admitted only into an idle engine (its SPEC 4 prefill)")
         self.cache.add_rows(1)
         self.visibility.add_rows(1)
         self.rows.append(seq)
-        seq.stream.open(seq.stream_row, seq.root)  # streaming hook
+        self._stream(seq).open(seq.stream_row, seq.root)  # streaming hook
 
     def _forward(self, step: StepInputs) -> None:
         """One forward pass. Host to device: the packed step only; the mask is built on the device."""
@@ -356,7 +364,7 @@ class MultiverseEngine:
                 elif branch.state is LIVE and branch.parent is None and seq.state is SequenceState.STOPPING:
                     self._stop(seq, branch)  # a stop fired in one of its paths: the root closes instead of sampling
                 elif branch.state is LIVE:
-                    if seq.generated + sampling < seq.budget:
+                    if seq.generated + sampling < self._budget(seq):
                         todo.append((seq, branch))
                         sampling += 1
                     else:
@@ -365,7 +373,7 @@ class MultiverseEngine:
 
     def _retire(self) -> None:
         for seq in self.rows:
-            if not seq.done and (seq.finalizing or seq.generated >= seq.budget):
+            if not seq.done and (seq.finalizing or seq.generated >= self._budget(seq)):
                 self._finalize(seq)
         self._drop_rows()
 
@@ -438,7 +446,7 @@ class MultiverseEngine:
             self._fork(seq, branch)
         elif branch.state is FINISHING:
             self._transition(seq, branch, BranchEvent.FED)
-            seq.stream.done(seq.stream_row, branch, seq.generated, seq.steps)  # streaming hook
+            self._stream(seq).done(seq.stream_row, branch, seq.generated, seq.steps)  # streaming hook
             self._child_done(seq, branch.parent)
 
     def _stop(self, seq: _Sequence, branch: _Branch) -> None:
@@ -448,7 +456,7 @@ class MultiverseEngine:
     def _append(self, seq: _Sequence, branch: _Branch, tokens: list[int], logprobs: list[float] | None = None) -> None:
         """Add tokens to a branch's view and parser; they are fed to the model in the next step.
         `logprobs` are those of sampled tokens; without them the tokens count as forced."""
-        if not seq.finalizing and seq.generated + len(tokens) > seq.budget:
+        if not seq.finalizing and seq.generated + len(tokens) > self._budget(seq):
             self._sequence_transition(seq, SequenceEvent.OUT_OF_BUDGET)  # forced tokens that do not fit: close
         for token in tokens:
             branch.parser.feed(self._kind(token), len(branch.view))
@@ -460,7 +468,7 @@ class MultiverseEngine:
             seq.closing_tokens += len(tokens)
         else:
             seq.generated += len(tokens)
-        seq.stream.tokens(seq.stream_row, branch, tokens, seq.generated, seq.steps)  # streaming hook
+        self._stream(seq).tokens(seq.stream_row, branch, tokens, seq.generated, seq.steps)  # streaming hook
 
     def _label(self, view: list[int], outline, k: int) -> str:
         """The label written in an outline ("1", "2.1", or whatever short text precedes ':'), else the ordinal."""
@@ -479,7 +487,7 @@ class MultiverseEngine:
         branch.labels = [self._label(branch.view, o, k) for k, o in enumerate(block.outlines)]
         branch.p0 = branch.position
         parallel = branch.depth + 1 <= self.max_depth and not seq.finalizing
-        seq.stream.fork(seq.stream_row, branch, branch.labels, parallel, seq.generated, seq.steps)  # streaming hook
+        self._stream(seq).fork(seq.stream_row, branch, branch.labels, parallel, seq.generated, seq.steps)  # streaming hook
         for _ in range(len(branch.labels) if parallel else 1):
             self._start_child(seq, branch)
 
@@ -488,7 +496,7 @@ class MultiverseEngine:
         child = seq.new_branch(parent, list(parent.view), parent.parser.copy(), parent.p0, parent.depth + 1)
         child.logprobs = list(parent.logprobs)
         parent.children.append(child)
-        seq.stream.open(seq.stream_row, child, parent, label)  # streaming hook
+        self._stream(seq).open(seq.stream_row, child, parent, label)  # streaming hook
         self._append(seq, child, self._seed(label))
         child.base = len(child.parser.stack)
         child.written = 0  # the seed is not the path's own writing

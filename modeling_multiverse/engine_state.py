@@ -158,14 +158,14 @@ class _Sequence:
         self.generated = 0
         self.closing_tokens = 0
         self.steps = 0
-        self.budget = 0  # its max_new_tokens
+        self.budget: int | None = None  # its max_new_tokens; None: the engine's
         # per request (`serving.py`): processors and criteria of its own, sampling with its own generator
         self.processors = None  # LogitsProcessorList applied to its branches' rows, after the engine's
         self.stopping = None  # StoppingCriteriaList of its own (stop strings)
         self.do_sample = False  # sample its tokens with `generator` even when the engine decodes greedily
         self.generator: torch.Generator | None = None
         self.cancelled = False  # leaves the batch at the next step
-        self.stream = None  # its GenerationStream and the row it reports there
+        self.stream = None  # its own GenerationStream (None: the engine's) and the row it reports there
         self.stream_row = row
 
     def new_branch(
