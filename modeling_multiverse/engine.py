@@ -51,6 +51,11 @@ row's step, so rows with fewer live branches carry padding slots (a single promp
 exactly the canonical output's, minus the last unfed tokens). A prompt that has finished leaves the batch
 (its cache row is dropped), so a long answer does not make every other row decode padding.
 
+Continuous batching (`serving.ContinuousEngine`): `admit` adds a prompt to a running batch as a new cache row
+whose earlier columns none of its branches sees; its prompt is fed at the next step (positions 0..P-1) beside
+the other rows' tokens, so it decodes as it would alone. `step()` is one turn of the loop; a cancelled prompt
+leaves before the next one. With `compact`, columns no running row sees any more are dropped (`_compact`).
+
     >>> engine = MultiverseEngine(model, tok, config, processors, stopping, ENGINE_DEFAULTS)  # doctest: +SKIP
     >>> seqs = engine.run([prompt_ids], max_new_tokens=64)  # doctest: +SKIP
 """
