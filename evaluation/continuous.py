@@ -6,7 +6,7 @@ Greedy decoding of a problem does not depend on what runs beside it, so in fp32 
 response equals the static batches' (`tests/test_eval_continuous.py`). Only Multiverse models (the
 fork/merge engine) take this path; `evaluate` keeps static batches for plain causal models.
 
-    >>> report = evaluate_continuous(model, tokenizer, records, "math", max_new_tokens=256, batch_size=8)  # doctest: +SKIP
+    >>> out = generate_continuous(model, tokenizer, records, 256, 8, parallel_prompt=True, pad_id=0)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -492,7 +492,8 @@ class MultiverseEngine:
         branch.labels = [self._label(branch.view, o, k) for k, o in enumerate(block.outlines)]
         branch.p0 = branch.position
         parallel = branch.depth + 1 <= self.max_depth and not seq.finalizing
-        self._stream(seq).fork(seq.stream_row, branch, branch.labels, parallel, seq.generated, seq.steps)  # streaming hook
+        stream = self._stream(seq)  # streaming hook
+        stream.fork(seq.stream_row, branch, branch.labels, parallel, seq.generated, seq.steps)
         for _ in range(len(branch.labels) if parallel else 1):
             self._start_child(seq, branch)
 

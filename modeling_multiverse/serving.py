@@ -38,7 +38,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessorList,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from .decode_attention import engine_attention

@@ -85,12 +85,13 @@ def test_staggered_requests_decode_as_if_alone(tiny):
         seen.append(engine.stats())
     assert max(s["running"] for s in seen) == 3 and max(s["waiting"] for s in seen) >= 1
     for k, request in requests.items():
-        tokens, logprobs = alone(model, tokenizer, prompts[k], logits_processor=skeleton(tokenizer, k), max_new_tokens=400)
+        processors = skeleton(tokenizer, k)
+        tokens, logprobs = alone(model, tokenizer, prompts[k], logits_processor=processors, max_new_tokens=400)
         assert request.finished and request.response_ids == tokens, k
         assert_logprobs_close(request.token_logprobs, logprobs)
         # the stream contract of `generate(streamer=...)`: the prompt, then the canonical response, then end()
         puts = streamers[k].puts
-        assert puts[0] == prompts[k] and sum(puts[1:], []) == tokens and streamers[k].ended == 1
+        assert puts[0] == prompts[k] and [t for put in puts[1:] for t in put] == tokens and streamers[k].ended == 1
     assert seen[-1]["running"] == 0 and seen[-1]["peak_cache_columns"] >= seen[-1]["cache_columns"]
 
 
@@ -117,7 +118,9 @@ def test_cancelled_requests_leave_and_the_others_are_unchanged(tiny):
     prompts = [prompt_ids(tokenizer, t) for t in TEXTS[:3]]
     engine = ContinuousEngine(model, tokenizer, max_running=2)
     streamer = Recorder()
-    doomed = engine.add_request(prompts[0], max_new_tokens=300, logits_processor=skeleton(tokenizer, 0), streamer=streamer)
+    doomed = engine.add_request(
+        prompts[0], max_new_tokens=300, logits_processor=skeleton(tokenizer, 0), streamer=streamer
+    )
     kept = engine.add_request(prompts[1], max_new_tokens=300, logits_processor=skeleton(tokenizer, 1))
     never = engine.add_request(prompts[2], max_new_tokens=300)  # waits, and is cancelled before it runs
     for _ in range(4):
@@ -158,7 +161,9 @@ def test_per_request_sampling_and_stop_strings(tiny):
     # stop strings per request: as `generate(stop_strings=...)` on the prompt alone
     stop = tokenizer.decode(want[12:14])
     full = ContinuousEngine(model, tokenizer)
-    stopped = full.add_request(prompts[1], max_new_tokens=60, logits_processor=skeleton(tokenizer, 2), stop_strings=stop)
+    stopped = full.add_request(
+        prompts[1], max_new_tokens=60, logits_processor=skeleton(tokenizer, 2), stop_strings=stop
+    )
     full.add_request(prompts[2], max_new_tokens=60)
     full.run_until_done()
     want_stopped, _ = alone(

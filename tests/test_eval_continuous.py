@@ -19,11 +19,13 @@ def test_continuous_eval_equals_static_batches():
         head.bias[list(tag_ids_from_tokenizer(tokenizer).values())] = 3.0
         head.bias[tokenizer.eos_token_id] = 2.8
     model.lm_head = head
-    records = [{"id": i, "question": f"What is {i} + {i * 7}?", "answer": str(8 * i), "kind": "aime"} for i in range(7)]
-    common = dict(kind="aime", max_new_tokens=32, batch_size=3, parallel_prompt=True)
+    questions = [f"What is {i} + {i * 7}?" for i in range(7)]
+    records = [{"id": i, "question": q, "answer": str(8 * i), "kind": "aime"} for i, q in enumerate(questions)]
+    common = {"kind": "aime", "max_new_tokens": 32, "batch_size": 3, "parallel_prompt": True}
     static = evaluate(model, tokenizer, records, **common)
     continuous = evaluate(model, tokenizer, records, **common, continuous=True)
     fields = ("id", "response", "generated_tokens", "decode_steps", "finished", "correct", "well_formed")
-    assert [[r[f] for f in fields] for r in continuous["records"]] == [[r[f] for f in fields] for r in static["records"]]
+    rows = [[[r[f] for f in fields] for r in report["records"]] for report in (static, continuous)]
+    assert rows[0] == rows[1]
     lengths = [r["generated_tokens"] for r in static["records"]]
     assert lengths[:2] == [32, 32] and min(lengths) == 1  # two long problems: the short ones are refilled beside them
