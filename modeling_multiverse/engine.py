@@ -238,6 +238,7 @@ class MultiverseEngine:
     def step(self) -> bool:
         """One forward pass over every running row; False (and nothing run) when no row has a pending token."""
         self._drop_rows()  # cancelled prompts leave before the step
+        self._prefill_joined()  # prompts that joined a running batch: prefilled alone, then spliced in
         step = pack_step(self.rows, self.cache_length, self.pad_id)
         if step is None:
             return False
@@ -302,6 +303,35 @@ class MultiverseEngine:
         self.visibility.add_rows(1)
         self.rows.append(seq)
         self._stream(seq).open(seq.stream_row, seq.root)  # streaming hook
+
+    def _prefill_joined(self) -> None:
+        """Prefill a prompt that joined a running batch in a forward pass of its own, then splice its keys and
+        values into its cache row (zeros in the other rows): in the shared step every other row would compute
+        as many padding queries. Its last token stays pending: it is fed with the others' next tokens."""
+        for row, seq in enumerate(self.rows):
+            root = seq.root
+            if seq.steps or not self.cache_length or len(root.pending) < 2 or seq.prompt_structure is not None:
+                continue
+            n = len(root.pending) - 1
+            device = self.model.device
+            alone = EngineCache(len(self.cache.layers), n)
+            table = VisibilityTable(1, 2, n, device)
+            slots = torch.ones(1, n, dtype=torch.long, device=device)
+            table.write(slots, 0)
+            self.model(
+                input_ids=torch.tensor([root.pending[:n]], device=device),
+                attention_mask=table.mask(slots, 0, self.model.dtype),
+                position_ids=torch.arange(n, device=device)[None],
+                cache=alone,
+                use_cache=True,
+                logits_to_keep=torch.tensor([n - 1], device=device),
+            )
+            self.cache.splice(row, alone)
+            self.visibility.ensure(len(seq.branches) + 1, self.cache_length + n)
+            self.visibility.visible[row, root.slot, self.cache_length : self.cache_length + n] = True
+            self.cache_length += n
+            root.position += n
+            root.pending = root.pending[n:]
 
     def _forward(self, step: StepInputs) -> None:
         """One forward pass. Host to device: the packed step only; the mask is built on the device."""
