@@ -6,8 +6,9 @@ runs one forward pass over every running row, and retires finished or cancelled 
 drives `step()` (or `run_until_done()`); `add_request` and `cancel` may be called from any thread.
 
 A request joins as a new cache row whose earlier columns it cannot see, its prompt prefilled at the next
-step with positions 0..P-1 (in a pass of its own, then spliced into its row): its result does not depend on what else runs (in fp32 with greedy decoding,
-the same tokens as `model.generate` on it alone). Per request:
+step with positions 0..P-1 (in a pass of its own, then spliced into its row): its result does not depend
+on what else runs (in fp32 with greedy decoding, the same tokens as `model.generate` on it alone).
+Per request:
 - `max_new_tokens`, `stop_strings` (a stop ends it as in `generate`), `logits_processor` (its own list);
 - greedy (`do_sample=False`) or sampled with its own `temperature`, `top_p` and `seed` (a torch.Generator
   of its own, so a seeded request draws the same tokens whatever runs beside it);
