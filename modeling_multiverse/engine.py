@@ -54,7 +54,8 @@ exactly the canonical output's, minus the last unfed tokens). A prompt that has 
 Continuous batching (`serving.ContinuousEngine`): `admit` adds a prompt to a running batch as a new cache row
 whose earlier columns none of its branches sees; at the next step its prompt (positions 0..P-1) is prefilled
 in a pass of its own and spliced into its row (`_prefill_joined`), so it decodes as it would alone. `step()` is
-one turn of the loop; a cancelled prompt leaves before the next one. With `compact`, columns no running row sees any more are dropped (`_compact`).
+one turn of the loop; a cancelled prompt leaves before the next one. With `compact`, columns no running row
+sees any more are dropped (`_compact`).
 
     >>> engine = MultiverseEngine(model, tok, config, processors, stopping, ENGINE_DEFAULTS)  # doctest: +SKIP
     >>> seqs = engine.run([prompt_ids], max_new_tokens=64)  # doctest: +SKIP
