@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.baseline import engine_model
+from evaluation.continuous import generate_continuous, is_multiverse_model
 from evaluation.distributed import add_parallel_argument, load_model, run_evaluation
 from evaluation.grading import KINDS, extract_answer, grade, integer_reference
 from evaluation.intervals import wilson_interval
@@ -242,8 +243,12 @@ def evaluate(
     max_new_tokens: int = 1024,
     batch_size: int = 8,
     parallel_prompt: bool = True,
+    continuous: bool = False,
 ) -> dict[str, Any]:
     """Generate greedily for every record, grade, and summarise.
+
+    `continuous=True` (the CLI's default) keeps `batch_size` problems decoding, refilling as they finish
+    (`evaluation/continuous.py`; Multiverse models only): the same responses, `batch_time_s` per problem.
 
     `records` are `load_records` output (`{id, question, answer, kind}`). Returns a report with
     `accuracy`, `well_formed` (fraction of responses that parse with a `<Think>` block),
@@ -265,6 +270,14 @@ def evaluate(
     device = next(model.parameters()).device
     results: list[dict[str, Any]] = []
     start = time.perf_counter()
+    if continuous and is_multiverse_model(model):
+        generated = generate_continuous(model, tokenizer, records, max_new_tokens, batch_size, parallel_prompt, pad_id)
+        for record, (ids, stats, seconds) in zip(records, generated):
+            response_ids, finished = trim_response(ids, stop_ids)
+            response = tokenizer.decode(response_ids, skip_special_tokens=False)
+            tokens, steps = stats["generated_tokens"], stats["decode_steps"]
+            results.append(grade_record(record, response, tokens, steps, finished, seconds))
+        return summarize(results, kind, time.perf_counter() - start)
     for first in tqdm(range(0, len(records), batch_size), desc="eval", unit="batch"):
         batch = records[first : first + batch_size]
         encoded = encode_prompts(tokenizer, batch, parallel_prompt, device)
@@ -338,7 +351,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kind", choices=KINDS, help="answer kind; detected from the fields when left out")
     parser.add_argument("--limit", type=int, help="evaluate only the first N records")
     parser.add_argument("--max-new-tokens", type=int, default=4096)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="problems decoding at once")
+    parser.add_argument(
+        "--batching",
+        choices=("continuous", "static"),
+        default="continuous",
+        help="continuous: finished problems are replaced at once (default); static: batches wait on their longest",
+    )
     parser.add_argument(
         "--parallel-prompt",
         action=argparse.BooleanOptionalAction,
@@ -403,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.num_samples > 1:
             return evaluate_samples(model, tokenizer, part, kind, args.num_samples, args.max_new_tokens,
                                     parallel_prompt, args.temperature, args.top_p, args.seed)
-        return evaluate(model, tokenizer, part, kind, args.max_new_tokens, args.batch_size, parallel_prompt)
+        return evaluate(model, tokenizer, part, kind, args.max_new_tokens, args.batch_size, parallel_prompt,
+                        continuous=args.batching == "continuous")
 
     summary = summarize_samples if args.num_samples > 1 else summarize
     report = run_evaluation(evaluate_part, records, args.batch_size, kind, launch, args.parallel, summary)

@@ -6,6 +6,7 @@ from .attention import batch_intervals, block_mask, dense_mask, mask_for, pack, 
 from .configuration_multiverse import SUPPORTED_BASES, MultiverseConfig
 from .modeling_multiverse import MultiverseForCausalLM
 from .prompts import ANSWER_HINTS, PARALLEL_INSTRUCTION, encode_chat, parallel_user_turn, prompt_ids, user_turn
+from .serving import ContinuousEngine
 from .structure import (
     CONCLUSION_SEED,
     TAGS,
@@ -31,6 +32,7 @@ AutoModelForCausalLM.register(MultiverseConfig, MultiverseForCausalLM, exist_ok=
 __all__ = [
     "ANSWER_HINTS",
     "CONCLUSION_SEED",
+    "ContinuousEngine",
     "PARALLEL_INSTRUCTION",
     "SUPPORTED_BASES",
     "TAGS",

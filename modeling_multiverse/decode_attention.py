@@ -86,6 +86,24 @@ class _GrowingLayer(DynamicLayer):
             self.value_buffer = self.value_buffer[indices]
             self._refresh()
 
+    def add_rows(self, count: int) -> None:
+        """`count` new rows of zeros (never NaN: masked columns still enter attention's products as zeros)."""
+        if self.key_buffer is not None:
+            self.key_buffer = torch.cat([self.key_buffer, self.key_buffer.new_zeros(count, *self.key_buffer.shape[1:])])
+            self.value_buffer = torch.cat(
+                [self.value_buffer, self.value_buffer.new_zeros(count, *self.value_buffer.shape[1:])]
+            )
+            self._refresh()
+
+    def select_columns(self, index: torch.Tensor) -> None:
+        """Keep only the filled columns `index` (ascending), moved to the front."""
+        if self.key_buffer is not None:
+            kept = len(index)
+            self.key_buffer[:, :, :kept] = self.key_buffer[:, :, index]
+            self.value_buffer[:, :, :kept] = self.value_buffer[:, :, index]
+            self.length = kept
+            self._refresh()
+
 
 class EngineCache(Cache):
     """A KV cache that grows in place: first `reserve` tokens per row, then x`GROWTH` up to `limit` (a hint).
@@ -100,6 +118,24 @@ class EngineCache(Cache):
     def capacity(self) -> int:
         """Tokens per row the buffers hold (filled or not)."""
         return max((layer.capacity for layer in self.layers), default=0)
+
+    def add_rows(self, count: int) -> None:
+        """`count` new rows (zeros) after the others, for prompts that join a running batch."""
+        for layer in self.layers:
+            layer.add_rows(count)
+
+    def select_columns(self, index: torch.Tensor) -> None:
+        """Keep only cache columns `index` (ascending) in every row, moved to the front (compaction)."""
+        for layer in self.layers:
+            layer.select_columns(index)
+
+    def splice(self, row: int, other: EngineCache) -> None:
+        """Append the columns of `other` (a cache of one row) to row `row`; the other rows get zeros there."""
+        for layer, source in zip(self.layers, other.layers):
+            keys = layer.key_buffer.new_zeros(layer.key_buffer.shape[0], *source.keys.shape[1:])
+            values = layer.value_buffer.new_zeros(keys.shape[0], *source.values.shape[1:])
+            keys[row], values[row] = source.keys[0], source.values[0]
+            layer.update(keys, values)
 
 
 class VisibilityTable:
@@ -152,6 +188,16 @@ class VisibilityTable:
 
     def select_rows(self, keep: torch.Tensor) -> None:
         self.visible = self.visible[keep]
+
+    def add_rows(self, count: int) -> None:
+        """`count` new rows that see no column yet."""
+        self.visible = torch.cat([self.visible, self.visible.new_zeros(count, *self.visible.shape[1:])])
+
+    def select_columns(self, index: torch.Tensor) -> None:
+        """Keep only columns `index` (ascending), moved to the front; the freed columns see nothing."""
+        kept = len(index)
+        self.visible[:, :, :kept] = self.visible[:, :, index]
+        self.visible[:, :, kept:] = False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,12 @@ row's step, so rows with fewer live branches carry padding slots (a single promp
 exactly the canonical output's, minus the last unfed tokens). A prompt that has finished leaves the batch
 (its cache row is dropped), so a long answer does not make every other row decode padding.
 
+Continuous batching (`serving.ContinuousEngine`): `admit` adds a prompt to a running batch as a new cache row
+whose earlier columns none of its branches sees; at the next step its prompt (positions 0..P-1) is prefilled
+in a pass of its own and spliced into its row (`_prefill_joined`), so it decodes as it would alone. `step()` is
+one turn of the loop; a cancelled prompt leaves before the next one. With `compact`, columns no running row
+sees any more are dropped (`_compact`).
+
     >>> engine = MultiverseEngine(model, tok, config, processors, stopping, ENGINE_DEFAULTS)  # doctest: +SKIP
     >>> seqs = engine.run([prompt_ids], max_new_tokens=64)  # doctest: +SKIP
 """
@@ -202,12 +208,14 @@ class MultiverseEngine:
         self.seeds: dict[str, list[int]] = {}
         # processors that read token ids get the fixed per-sequence rows; score-only ones all branches at once
         self.processors_read_ids = any(not isinstance(p, _SCORE_ONLY) for p in processors or [])
-        self.max_new_tokens = 0
+        self.max_new_tokens = 0  # the budget of a sequence without its own (`_Sequence.budget`)
         self.seqs: list[_Sequence] = []  # every prompt, in batch order
         self.rows: list[_Sequence] = []  # the prompts still in the cache, one row each, in cache order
         self.view: CriteriaView | None = None  # what processors and stopping criteria see
         self.cache: EngineCache | None = None
         self.cache_length = 0
+        self.peak_columns = 0  # the most cache columns the engine held at once
+        self.compact = False  # drop columns no running row sees (`_compact`); the continuous engine sets it
         self.visibility: VisibilityTable | None = None
         self.logits: torch.Tensor | None = None  # [N, V] next-token logits of the last step's samplers
 
@@ -216,6 +224,12 @@ class MultiverseEngine:
 
     def _kind(self, token: int) -> int:
         return self.tag_of_id.get(token, TEXT)
+
+    def _budget(self, seq: _Sequence) -> int:
+        return self.max_new_tokens if seq.budget is None else seq.budget
+
+    def _stream(self, seq: _Sequence) -> GenerationStream:
+        return self.stream if seq.stream is None else seq.stream
 
     # -- the loop ------------------------------------------------------------------------------
     def run(
@@ -227,30 +241,29 @@ class MultiverseEngine:
         processors and criteria see; by default the prompts left-padded.
         """
         self._start(prompts, max_new_tokens, prompt_ids)
-        while (step := pack_step(self.rows, self.cache_length, self.pad_id)) is not None:
-            self._forward(step)  # the model, over every pending token of every row
-            self._settle_fed(step)  # forks, ends of paths, merges
-            todo = self._schedule()  # who samples; closing branches write their forced items
-            if todo:
-                self._choose(todo)  # processors, grammar, sampling, stopping criteria: one device-to-host copy
-            self._retire()  # a spent budget closes what is open; finished prompts leave the batch
+        while self.step():
+            pass
         self.stream.end()  # streaming hook: the rest is final
         return self.seqs
 
+    def step(self) -> bool:
+        """One forward pass over every running row; False (and nothing run) when no row has a pending token."""
+        self._drop_rows()  # cancelled prompts leave before the step
+        self._prefill_joined()  # prompts that joined a running batch: prefilled alone, then spliced in
+        step = pack_step(self.rows, self.cache_length, self.pad_id)
+        if step is None:
+            return False
+        self._forward(step)  # the model, over every pending token of every row
+        self._settle_fed(step)  # forks, ends of paths, merges
+        todo = self._schedule()  # who samples; closing branches write their forced items
+        if todo:
+            self._choose(todo)  # processors, grammar, sampling, stopping criteria: one device-to-host copy
+        self._retire()  # a spent budget closes what is open; finished prompts leave the batch
+        return True
+
     def _start(self, prompts: list[list[int]], max_new_tokens: int, prompt_ids: torch.Tensor | None) -> None:
         for row, prompt in enumerate(prompts):
-            parser = StructureParser(partial=True)
-            try:
-                for i, token in enumerate(prompt):
-                    parser.feed(self._kind(token), i)
-            except StructureError as err:  # the prompt's own tags break the grammar: say which prompt
-                raise StructureError(f"prompt {row}: {err}", err.index) from None
-            if parser.depth:
-                raise ValueError(
-                    f"prompt {row} ends inside a <Parallel> block ({' '.join(TAGS[f.kind] for f in parser.stack[1:])} "
-                    "still open): the engine starts from a prompt outside any block"
-                )
-            self.seqs.append(_Sequence(row, prompt, parser))
+            self.seqs.append(self.sequence(prompt, row))
             self.stream.open(row, self.seqs[-1].root)  # streaming hook
         self.rows = list(self.seqs)
         self.max_new_tokens = max_new_tokens
@@ -259,12 +272,77 @@ class MultiverseEngine:
             prompt_ids = torch.tensor([[self.pad_id] * (widest - len(p)) + p for p in prompts], dtype=torch.long)
         self.view = CriteriaView(prompt_ids, self.pad_id)
         # buffers fit the request when it is moderate, else grow with use: never sized by the budget alone
-        expected = widest + max_new_tokens + 64
-        reserve = min(expected, widest + 512)
-        device = self.model.device
+        self._new_buffers(len(self.seqs), widest + max_new_tokens + 64, widest + 512)
+
+    def _new_buffers(self, rows: int, expected: int | None, reserve: int) -> None:
+        """An empty cache and visibility table of `rows` rows; `expected` columns caps growth (a hint)."""
+        reserve = min(expected, reserve) if expected is not None else reserve
         self.cache = EngineCache(self.model.config.get_text_config().num_hidden_layers, reserve, limit=expected)
         self.cache_length = 0
-        self.visibility = VisibilityTable(len(self.seqs), 4, reserve, device, limit=expected)
+        self.visibility = VisibilityTable(rows, 4, reserve, self.model.device, limit=expected)
+
+    def sequence(self, prompt: list[int], row: int, max_new_tokens: int | None = None) -> _Sequence:
+        """A validated prompt as a sequence (not yet running): its grammar state, its root fed the prompt."""
+        parser = StructureParser(partial=True)
+        try:
+            for i, token in enumerate(prompt):
+                parser.feed(self._kind(token), i)
+        except StructureError as err:  # the prompt's own tags break the grammar: say which prompt
+            raise StructureError(f"prompt {row}: {err}", err.index) from None
+        if parser.depth:
+            raise ValueError(
+                f"prompt {row} ends inside a <Parallel> block ({' '.join(TAGS[f.kind] for f in parser.stack[1:])} "
+                "still open): the engine starts from a prompt outside any block"
+            )
+        seq = _Sequence(row, prompt, parser)
+        seq.budget = max_new_tokens
+        return seq
+
+    def admit(self, seq: _Sequence) -> None:
+        """Add a sequence to the running batch: a new cache row, its prompt fed at the next step.
+
+        The new row's cache columns so far are zeros that none of its branches sees, and its prompt gets
+        positions 0..P-1, so it decodes exactly as it would alone. An idle engine starts from fresh buffers
+        (what finished rows held is freed). A prompt that holds blocks is prefilled under SPEC 4 only as the
+        first step of fresh buffers: admit it into an idle engine.
+        """
+        if not self.rows:
+            self._new_buffers(0, None, seq.prompt_length + min(self._budget(seq), 512) + 64)
+        elif seq.prompt_structure is not None:
+            raise ValueError("a prompt that holds blocks is admitted only into an idle engine (its SPEC 4 prefill)")
+        self.cache.add_rows(1)
+        self.visibility.add_rows(1)
+        self.rows.append(seq)
+        self._stream(seq).open(seq.stream_row, seq.root)  # streaming hook
+
+    def _prefill_joined(self) -> None:
+        """Prefill a prompt that joined a running batch in a forward pass of its own, then splice its keys and
+        values into its cache row (zeros in the other rows): in the shared step every other row would compute
+        as many padding queries. Its last token stays pending: it is fed with the others' next tokens."""
+        for row, seq in enumerate(self.rows):
+            root = seq.root
+            if seq.steps or not self.cache_length or len(root.pending) < 2 or seq.prompt_structure is not None:
+                continue
+            n = len(root.pending) - 1
+            device = self.model.device
+            alone = EngineCache(len(self.cache.layers), n)
+            table = VisibilityTable(1, 2, n, device)
+            slots = torch.ones(1, n, dtype=torch.long, device=device)
+            table.write(slots, 0)
+            self.model(
+                input_ids=torch.tensor([root.pending[:n]], device=device),
+                attention_mask=table.mask(slots, 0, self.model.dtype),
+                position_ids=torch.arange(n, device=device)[None],
+                cache=alone,
+                use_cache=True,
+                logits_to_keep=torch.tensor([n - 1], device=device),
+            )
+            self.cache.splice(row, alone)
+            self.visibility.ensure(len(seq.branches) + 1, self.cache_length + n)
+            self.visibility.visible[row, root.slot, self.cache_length : self.cache_length + n] = True
+            self.cache_length += n
+            root.position += n
+            root.pending = root.pending[n:]
 
     def _forward(self, step: StepInputs) -> None:
         """One forward pass. Host to device: the packed step only; the mask is built on the device."""
@@ -297,6 +375,7 @@ class MultiverseEngine:
             **structured,
         )
         self.cache_length = step.start + width
+        self.peak_columns = max(self.peak_columns, self.cache_length)
         rows = step.sample_rows.to(device, non_blocking=True)
         columns = step.sample_columns.to(device, non_blocking=True)
         self.logits = outputs.logits[rows, columns].float()
@@ -331,7 +410,7 @@ class MultiverseEngine:
                 elif branch.state is LIVE and branch.parent is None and seq.state is SequenceState.STOPPING:
                     self._stop(seq, branch)  # a stop fired in one of its paths: the root closes instead of sampling
                 elif branch.state is LIVE:
-                    if seq.generated + sampling < self.max_new_tokens:
+                    if seq.generated + sampling < self._budget(seq):
                         todo.append((seq, branch))
                         sampling += 1
                     else:
@@ -340,14 +419,54 @@ class MultiverseEngine:
 
     def _retire(self) -> None:
         for seq in self.rows:
-            if not seq.done and (seq.finalizing or seq.generated >= self.max_new_tokens):
+            if not seq.done and (seq.finalizing or seq.generated >= self._budget(seq)):
                 self._finalize(seq)
-        if any(seq.done for seq in self.rows) and self.cache_length:
-            keep = [row for row, seq in enumerate(self.rows) if not seq.done]
+        self._drop_rows()
+
+    def _drop_rows(self) -> None:
+        """Finished and cancelled prompts leave the batch (their cache rows are dropped); see `compact`."""
+        if not any(seq.done or seq.cancelled for seq in self.rows):
+            return
+        keep = [row for row, seq in enumerate(self.rows) if not (seq.done or seq.cancelled)]
+        if self.cache_length:
             index = torch.tensor(keep, dtype=torch.long, device=self.model.device)
             self.cache.batch_select_indices(index)
             self.visibility.select_rows(index)
-            self.rows = [self.rows[row] for row in keep]
+        self.rows = [self.rows[row] for row in keep]
+        if self.compact and self.rows:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the cache columns no branch of any running row sees any more, once they are half the cache.
+
+        No branch can see them later either: a fork copies what its parent sees, a merge what a path saw,
+        and new tokens go to new columns. Keys keep their rotary positions, so nothing is recomputed.
+        """
+        live = self.visibility.visible[:, 1:, : self.cache_length].any(1).any(0)  # slot 0 is padding's
+        kept = int(live.sum())
+        if self.cache_length < 64 or kept > self.cache_length // 2:
+            return
+        index = live.nonzero().squeeze(1)
+        self.cache.select_columns(index)
+        self.visibility.select_columns(index)
+        self.cache_length = kept
+
+    def stats(self) -> dict:
+        """Cache use: running rows, columns (tokens per row), peak columns, and live tokens (seen by a branch).
+
+        >>> engine.stats()  # doctest: +SKIP
+        {'rows': 3, 'cache_columns': 410, 'peak_cache_columns': 512, 'live_tokens': 655}
+        """
+        live = 0
+        if self.rows and self.cache_length:
+            live = int(self.visibility.visible[:, 1:, : self.cache_length].any(1).sum())
+        self.peak_columns = max(self.peak_columns, self.cache_length)
+        return {
+            "rows": len(self.rows),
+            "cache_columns": self.cache_length,
+            "peak_cache_columns": self.peak_columns,
+            "live_tokens": live,
+        }
 
     # -- states: every change goes through the tables of `engine_state` -------------------------
     def _transition(self, seq: _Sequence, branch: _Branch, event: BranchEvent) -> None:
@@ -373,7 +492,7 @@ class MultiverseEngine:
             self._fork(seq, branch)
         elif branch.state is FINISHING:
             self._transition(seq, branch, BranchEvent.FED)
-            self.stream.done(seq.row, branch, seq.generated, seq.steps)  # streaming hook
+            self._stream(seq).done(seq.stream_row, branch, seq.generated, seq.steps)  # streaming hook
             self._child_done(seq, branch.parent)
 
     def _stop(self, seq: _Sequence, branch: _Branch) -> None:
@@ -383,7 +502,7 @@ class MultiverseEngine:
     def _append(self, seq: _Sequence, branch: _Branch, tokens: list[int], logprobs: list[float] | None = None) -> None:
         """Add tokens to a branch's view and parser; they are fed to the model in the next step.
         `logprobs` are those of sampled tokens; without them the tokens count as forced."""
-        if not seq.finalizing and seq.generated + len(tokens) > self.max_new_tokens:
+        if not seq.finalizing and seq.generated + len(tokens) > self._budget(seq):
             self._sequence_transition(seq, SequenceEvent.OUT_OF_BUDGET)  # forced tokens that do not fit: close
         for token in tokens:
             branch.parser.feed(self._kind(token), len(branch.view))
@@ -395,7 +514,7 @@ class MultiverseEngine:
             seq.closing_tokens += len(tokens)
         else:
             seq.generated += len(tokens)
-        self.stream.tokens(seq.row, branch, tokens, seq.generated, seq.steps)  # streaming hook
+        self._stream(seq).tokens(seq.stream_row, branch, tokens, seq.generated, seq.steps)  # streaming hook
 
     def _label(self, view: list[int], outline, k: int) -> str:
         """The label written in an outline ("1", "2.1", or whatever short text precedes ':'), else the ordinal."""
@@ -414,7 +533,8 @@ class MultiverseEngine:
         branch.labels = [self._label(branch.view, o, k) for k, o in enumerate(block.outlines)]
         branch.p0 = branch.position
         parallel = branch.depth + 1 <= self.max_depth and not seq.finalizing
-        self.stream.fork(seq.row, branch, branch.labels, parallel, seq.generated, seq.steps)  # streaming hook
+        stream = self._stream(seq)  # streaming hook
+        stream.fork(seq.stream_row, branch, branch.labels, parallel, seq.generated, seq.steps)
         for _ in range(len(branch.labels) if parallel else 1):
             self._start_child(seq, branch)
 
@@ -423,7 +543,7 @@ class MultiverseEngine:
         child = seq.new_branch(parent, list(parent.view), parent.parser.copy(), parent.p0, parent.depth + 1)
         child.logprobs = list(parent.logprobs)
         parent.children.append(child)
-        self.stream.open(seq.row, child, parent, label)  # streaming hook
+        self._stream(seq).open(seq.stream_row, child, parent, label)  # streaming hook
         self._append(seq, child, self._seed(label))
         child.base = len(child.parser.stack)
         child.written = 0  # the seed is not the path's own writing
@@ -497,6 +617,9 @@ class MultiverseEngine:
         device = raw.device
         per_round = rounds([seq.row for seq, _ in todo]) if self.stopping or self.processors_read_ids else []
         scores = self._processed(todo, raw, per_round)
+        for i, (seq, branch) in enumerate(todo):  # a request's own processors (its temperature, top_p, ...)
+            if seq.processors:
+                scores[i : i + 1] = seq.processors(torch.tensor([branch.view], device=device), scores[i : i + 1])
         forbidden = torch.stack([~allowed_tags(b.parser, self.max_branches) for b in branches]).to(device)  # [N, 12]
         illegal = torch.zeros_like(scores, dtype=torch.bool)
         illegal[:, self.tag_tensor.to(device)] = forbidden
@@ -508,12 +631,19 @@ class MultiverseEngine:
             tokens = torch.multinomial(torch.softmax(scores.float(), -1), 1).squeeze(1)
         else:
             tokens = scores.argmax(-1)
+        for i, (seq, _) in enumerate(todo):  # a sampled request draws from its own generator: seeds are per request
+            if seq.do_sample:
+                tokens[i] = torch.multinomial(torch.softmax(scores[i].float(), -1), 1, generator=seq.generator)[0]
         logprobs = [None] * len(branches)
         if self.config.output_scores:  # token_logprobs: the sampled token under the distribution it came from
             chosen = torch.log_softmax(scores.float(), -1).gather(1, tokens[:, None]).squeeze(1)
             logprobs = [[value] for value in chosen.tolist()]
         tokens = tokens.tolist()  # the step's one device-to-host copy (two with output_scores)
         stops = self._stopped(todo, tokens, scores, per_round) if self.stopping else [False] * len(todo)
+        for i, (seq, branch) in enumerate(todo):  # a request's own criteria (its stop strings) on its branch's row
+            if seq.stopping and not stops[i]:
+                row = torch.tensor([branch.view + [tokens[i]]], device=device)
+                stops[i] = bool(seq.stopping(row, scores[i : i + 1]).any())
         for (seq, branch), token, logprob, stopped in zip(todo, tokens, logprobs, stops):
             self._accept(seq, branch, token, stopped, logprob)
 

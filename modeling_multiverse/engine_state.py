@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import enum
 
+import torch
+
 from .structure import StructureParser, TokenStructure
 
 
@@ -157,6 +159,15 @@ class _Sequence:
         self.closing_tokens = 0
         self.reprefill_tokens = 0  # paths re-fed to their parent by `merge="reprefill"` (prefill, not generated)
         self.steps = 0
+        self.budget: int | None = None  # its max_new_tokens; None: the engine's
+        # per request (`serving.py`): processors and criteria of its own, sampling with its own generator
+        self.processors = None  # LogitsProcessorList applied to its branches' rows, after the engine's
+        self.stopping = None  # StoppingCriteriaList of its own (stop strings)
+        self.do_sample = False  # sample its tokens with `generator` even when the engine decodes greedily
+        self.generator: torch.Generator | None = None
+        self.cancelled = False  # leaves the batch at the next step
+        self.stream = None  # its own GenerationStream (None: the engine's) and the row it reports there
+        self.stream_row = row
 
     def new_branch(
         self, parent: _Branch | None, view: list[int], parser: StructureParser, position: int, depth: int

@@ -243,7 +243,7 @@ def _evaluate(
     # both models were trained on the same prompts, the parallel instruction included
     report = evaluate(
         model, tokenizer, records, "builtin", max_new_tokens=settings.max_new_tokens,
-        batch_size=batch_size, parallel_prompt=True,
+        batch_size=batch_size, parallel_prompt=True, continuous=True,  # finished problems are refilled
     )
     write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
 
