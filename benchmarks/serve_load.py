@@ -159,9 +159,9 @@ def held_out_problems(path: str | None, limit: int) -> list[dict]:
 
 def message(record: dict) -> str:
     """The user turn `multiverse eval` and the demo give both models (the parallel instruction included)."""
-    from evaluation.evaluate import user_message
+    from modeling_multiverse.prompts import user_turn
 
-    return user_message(record, parallel_prompt=True)
+    return user_turn(record["question"], record["kind"], parallel=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -99,21 +99,19 @@ def run_evaluation(
     batch_size: int,
     kind: str,
     launch: Launch,
+    summarize: Callable[[list[dict], str, float], dict[str, Any]],
     parallel: str = "data",
-    summarize: Callable[[list[dict], str, float], dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate `records` with `evaluate_part` (records -> `evaluate` report) as the launch says; the report on rank 0.
 
     Returns None on the other processes, which must then print and write nothing. Data parallel: the merged
-    report (`summarize`, by default `evaluate.summarize`, over every problem; wall time from the first batch to the
+    report (`summarize`, e.g. `evaluate.summarize`, over every problem; wall time from the first batch to the
     last result gathered) gains `data_parallel: N`; tensor parallel: `tensor_parallel: N`. Leaves the process
     group at the end.
 
     >>> part = lambda records: evaluate(model, tok, records, "math")  # doctest: +SKIP
-    >>> report = run_evaluation(part, records, 8, "math", Launch())  # doctest: +SKIP
+    >>> report = run_evaluation(part, records, 8, "math", Launch(), summarize)  # doctest: +SKIP
     """
-    if summarize is None:
-        from evaluation.evaluate import summarize
     if not launch.distributed:
         return evaluate_part(list(records))
     if parallel == "tensor":

@@ -28,6 +28,14 @@ from typing import Any
 
 import torch
 
+from evaluation.evaluate import (
+    stop_token_ids,
+    encode_prompts,
+    generation_stats,
+    grade_record,
+    summarize,
+    trim_response,
+)
 from evaluation.grading import normalize_math
 
 
@@ -105,8 +113,6 @@ def problem_result(record: Mapping[str, Any], samples: list[dict[str, Any]]) -> 
 
 def summarize_samples(results: Sequence[Mapping[str, Any]], kind: str, wall_time_s: float) -> dict[str, Any]:
     """`evaluate.summarize` over the per-problem means, plus pass@k, maj@k and k."""
-    from evaluation.evaluate import summarize
-
     report = summarize(results, kind, wall_time_s)
     n = len(results)
     report["pass_at_k"] = sum(r["pass_at_k"] for r in results) / n if n else 0.0
@@ -135,16 +141,8 @@ def evaluate_samples(
     >>> report = evaluate_samples(model, tok, records, "aime", 8, 1024, True, temperature=0.7)  # doctest: +SKIP
     >>> report["pass_at_k"], report["maj_at_k"]  # doctest: +SKIP
     """
-    from evaluation.evaluate import (
-        _stop_ids,
-        encode_prompts,
-        generation_stats,
-        grade_record,
-        trim_response,
-    )
-
     records = [dict(r, kind=r.get("kind", kind)) for r in records]
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids), 0)
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature, "num_return_sequences": num_samples}

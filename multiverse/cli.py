@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trl_recipes.cli", "SFT a base model into a Multiverse model (or the AR baseline); --recipe grpo: RL"),
     "data": ("curator.synth", "`data synth`: write built-in problems with sequential chains of thought"),
     "curate": ("curator.cli", "turn sequential chains of thought into Multiverse-format data"),
-    "eval": ("evaluation.evaluate", "evaluate a model on the built-in task, MATH500, AIME or multiple choice"),
+    "eval": ("evaluation.cli", "evaluate a model on the built-in task, MATH500, AIME or multiple choice"),
     "demo": ("multiverse.demo", "the whole loop on a laptop: synth, curate, train, evaluate, report"),
     "push": ("multiverse.push", "upload a model or dataset folder to the Hugging Face Hub"),
     "serve": ("multiverse.serve", "an OpenAI-compatible chat server (/v1/chat/completions) with fork/merge decoding"),

@@ -9,8 +9,8 @@ import pytest
 from test_tensor_parallel import torchrun
 from tiny import tiny_model
 
+from evaluation.cli import parse_args
 from evaluation.distributed import batch_shard, merge_shards
-from evaluation.evaluate import parse_args
 from evaluation.sampling import majority, problem_result, problem_seed
 from multiverse.cli import main
 

@@ -12,7 +12,7 @@ from tiny import example_response, tiny_model
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import merge_modes
 
-from evaluation.evaluate import main as eval_main
+from evaluation.cli import main as eval_main
 
 RECORDS = [{"id": f"p{i}", "question": f"What is {i}+1?", "answer": str(i + 1)} for i in range(2)]
 

@@ -12,8 +12,8 @@ from tiny import example_response, tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, Qwen2ForCausalLM
 
 from curator.synth import synthesize, write_jsonl
+from evaluation.cli import main as eval_main
 from evaluation.evaluate import is_multiverse_tokenizer
-from evaluation.evaluate import main as eval_main
 from trl_recipes import MultiverseSFTConfig, RecipeArguments, train
 from trl_recipes.plain import plain_model
 

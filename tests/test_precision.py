@@ -105,7 +105,7 @@ def test_the_probe_measures_both_dtypes_and_names_the_hardware():
 
 
 def test_eval_and_generate_refuse_an_unknown_precision(capsys):
-    from evaluation.evaluate import parse_args
+    from evaluation.cli import parse_args
     from multiverse.generate_cmd import main as generate_main
 
     assert parse_args(["--model", "m", "--data", "d.jsonl"]).precision == "auto"
