@@ -33,12 +33,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluation.evaluate import evaluate, load_records
-from modeling_multiverse import parse_ids, prompt_ids, tag_ids_from_tokenizer
-from modeling_multiverse.engine import MERGE_MODES
-from modeling_multiverse.structure import CONCLUSION, TAGS
-from runtime.jsonl import iter_jsonl
-from runtime.precision import (
+from evaluation.evaluate import evaluate, load_records  # noqa: E402
+from modeling_multiverse import parse_ids, prompt_ids, tag_ids_from_tokenizer  # noqa: E402
+from modeling_multiverse.engine import MERGE_MODES  # noqa: E402
+from modeling_multiverse.structure import CONCLUSION, TAGS  # noqa: E402
+from runtime.jsonl import iter_jsonl  # noqa: E402
+from runtime.precision import (  # noqa: E402
     PRECISIONS,
     choose_precision,
     hardware_line,

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 
 from evaluation.evaluate import (
-    stop_token_ids,
     encode_prompts,
     generation_stats,
     grade_record,
+    stop_token_ids,
     summarize,
     trim_response,
 )

@@ -53,7 +53,10 @@ class _GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
         if self.key_buffer is None or end > self.key_buffer.shape[-2]:
-            capacity = max(end, self.reserve) if self.key_buffer is None else grown(self.key_buffer.shape[-2], end, self.limit)
+            if self.key_buffer is None:
+                capacity = max(end, self.reserve)
+            else:
+                capacity = grown(self.key_buffer.shape[-2], end, self.limit)
             self.key_buffer = self._resized(self.key_buffer, key_states, capacity)
             self.value_buffer = self._resized(self.value_buffer, value_states, capacity)
         self.key_buffer[:, :, self.length : end] = key_states

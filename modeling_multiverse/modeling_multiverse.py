@@ -158,7 +158,9 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
         Engine options (`max_depth`, `max_branches`, `max_branch_tokens`, `merge`) are keyword arguments or
         `generation_config` attributes. Pass `tokenizer=` unless the model was loaded from a folder with one.
 
-        >>> out = model.generate(input_ids, tokenizer=tok, max_new_tokens=128, return_dict_in_generate=True)  # doctest: +SKIP
+        >>> out = model.generate(  # doctest: +SKIP
+        ...     input_ids, tokenizer=tok, max_new_tokens=128, return_dict_in_generate=True
+        ... )
         """
         if not multiverse or kwargs.get("custom_generate") is not None:
             return super().generate(*args, **kwargs)
