@@ -5,7 +5,7 @@ content chosen by the model) and responses from ../shared/traces replayed as for
 (a) transformers `generate` (plain autoregressive) producing the same number of tokens,
 (b) the engine with parallelism off (`max_depth=0`: paths one after another),
 (c) the engine.
-Prints wall time, tokens/s, decode steps, peak KV bytes, the structural ideal (SPEC 8) and the
+Prints wall time, tokens/s, decode steps, peak KV bytes, the structural ideal (SPEC.md §8) and the
 wall-clock speedup of (c) over (a) as a fraction of that ideal; writes a PNG. Runs alternate (a),
 (b), (c) `--repeats` times and keep each one's fastest, since the CPU is shared.
 

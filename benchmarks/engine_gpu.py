@@ -5,7 +5,7 @@ For each model (bf16, sdpa, tags added), workload (skeletons forced through a lo
 (a) transformers `generate` decoding the same number of tokens per row,
 (b) the engine with parallelism off (`max_depth=0`: paths one after another),
 (c) the engine with fork/merge,
-and the structural ideal (SPEC 8). Reported: tokens/s, speedup of (c) over (a), fraction of the ideal,
+and the structural ideal (SPEC.md §8). Reported: tokens/s, speedup of (c) over (a), fraction of the ideal,
 peak GPU memory, and the per-step host overhead: step wall time minus model forward time (CUDA events).
 Writes `<out>.json`, `<out>.png` and `<out>.md` (a README table). One run, < 8 min on one H100/H200.
 

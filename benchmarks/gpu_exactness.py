@@ -4,7 +4,7 @@ A random Qwen2-shaped Multiverse model (28 layers of Qwen2.5-1.5B's width; tiny 
 skeletons forced with `tests/engine_skeleton.py` (so forks and merges happen) greedily, in fp32 and in bf16.
 Checked, at every FREE slot (where the model chose the token):
 
-1. `fp32_invariant` (SPEC 7 on the GPU): one full fp32 forward over the fp32 engine's output, under the
+1. `fp32_invariant` (SPEC.md §7 on the GPU): one full fp32 forward over the fp32 engine's output, under the
    Multiverse mask, picks every token the engine picked, and gives it the engine's log-probability.
    Pass: 0 argmax mismatches and max |delta log-prob| <= `FP32_LOGPROB_TOL`.
 2. `bf16_vs_fp32`: the bf16 engine's tokens, read by the fp32 model (one full forward over the bf16 output):

@@ -1,7 +1,7 @@
 """Exact merge against re-prefill merge (how a stock vLLM/SGLang must serve a Multiverse model), same model and data.
 
 Evaluates one model on held-out problems twice with `multiverse eval`'s loop, greedy: `merge="exact"` (the
-conclusion reads the paths' cache, SPEC 6) and `merge="reprefill"` (the paths re-fed causally before the
+conclusion reads the paths' cache, SPEC.md §6) and `merge="reprefill"` (the paths re-fed causally before the
 conclusion, so path k sees paths 1..k-1). Prints per mode accuracy with its 95% Wilson interval,
 well-formedness, parallelism and the re-prefilled tokens; then conclusion-token agreement: per problem,
 the fraction of conclusion tokens (all `<Conclusion>` bodies, in order) equal position by position
@@ -9,7 +9,7 @@ between the two outputs, over the longer of the two, averaged over the problems 
 
 With `--traces` (gold responses, e.g. a demo run's `curated.jsonl`, questions from `--problems`), it also reads
 each gold response with one block, not nested, both ways, teacher-forced: the exact merge's reading is one forward
-under SPEC 4 and 5, the re-prefill's is one plain causal forward (for such a response that is exactly what a
+under SPEC.md §4 and 5, the re-prefill's is one plain causal forward (for such a response that is exactly what a
 stock engine computes from the first `<Conclusion>` on). Over the tokens after that tag it prints the top-1
 agreement of the two readings and the mean gold-token log-probability under each, and what re-prefill costs:
 path tokens re-fed and how many positions later the conclusion sits (sum of the paths minus the longest).

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     config = model_config(args.model, "--model")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if config["model_type"] != "multiverse" and not is_multiverse_tokenizer(tokenizer):
-        # a plain model is evaluated only as a trained baseline: its tokenizer has the tags (SPEC 2)
+        # a plain model is evaluated only as a trained baseline: its tokenizer has the tags (SPEC.md §2)
         raise ValueError(
             f"--model {args.model} is a plain {config['model_type']!r} model without the Multiverse tags: convert it "
             f"first with `multiverse convert --base {args.model} --out DIR` and use DIR"

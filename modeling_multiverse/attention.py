@@ -1,4 +1,4 @@
-"""Multiverse Attention (SPEC 4) and position ids (SPEC 5) for batches.
+"""Multiverse Attention (SPEC.md §4) and position ids (SPEC.md §5) for batches.
 
 Every mask starts from a batch's O(S) per-token arrays: `batch_intervals` gives the position ids and,
 per token, the key intervals it may not see. `mask_for` turns those into the mask an attention

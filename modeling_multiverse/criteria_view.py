@@ -15,7 +15,7 @@ deciding branch of every sequence, and each call gets exactly one row per sequen
 A sequence with nothing to decide in a round (finished, waiting, or fewer deciding branches) shows the
 row it showed last, and its result is ignored. So `input_ids[:, prompt_width:]` is every row's response so
 far, right-aligned: each row ends with its latest token. The root's view is the canonical response itself;
-a path's view skips its earlier sibling paths, which it cannot see either (SPEC 4).
+a path's view skips its earlier sibling paths, which it cannot see either (SPEC.md §4).
 
     >>> view = CriteriaView(torch.tensor([[0, 5, 6], [7, 8, 9]]), pad_id=0)
     >>> view.rows({1: [4]}).tolist()

@@ -1,8 +1,8 @@
-"""The Multiverse Engine: fork/merge decoding of a batch of prompts (SPEC 6-8). Built and run by `generate()`.
+"""The Multiverse Engine: fork/merge decoding of a batch of prompts (SPEC.md §6-8). Built and run by `generate()`.
 
 One KV cache row per prompt. Every forward pass feeds, for each prompt, the pending tokens of every
 live branch (usually one token per branch; a forced seed is fed as one chunk). Each token gets its
-SPEC 5 position id and a mask row that opens exactly the cache columns of its own ancestors, as in
+SPEC.md §5 position id and a mask row that opens exactly the cache columns of its own ancestors, as in
 tree attention for speculative decoding. The mask comes from a visibility table on the model's
 device (`decode_attention.VisibilityTable`, one row per branch) to which each step only writes its
 own columns: a fork copies the parent's row; a merge ORs the children's rows into the parent's, so
@@ -23,7 +23,7 @@ Guards and misbehaviour (never a crash, never lost text):
   always parses.
 - `max_branches` caps the outlines of a goal: once reached, `<Outline>` is masked and the model must
   close the goal ("hundreds of outlines" become `max_branches` paths).
-- `max_depth` caps fork depth: a deeper block is still decoded with the SPEC 4/5 rules, but its paths
+- `max_depth` caps fork depth: a deeper block is still decoded with the SPEC.md §4/5 rules, but its paths
   run one after another (sequentially), not side by side.
 - Outline labels are copied as written (duplicates and non-numeric labels included); an outline with
   no `LABEL:` gives its path the ordinal label ("3").
@@ -45,7 +45,7 @@ row i always sequence i, once per round of deciding branches (`criteria_view.py`
 only the scores (temperature, top-k/p, min-p) are applied to all deciding branches at once.
 
 The first step prefills the prompts: causally with positions 0..P-1, or, for a prompt that already
-holds closed blocks (a response being continued), under SPEC 4 and 5 exactly as one full forward reads
+holds closed blocks (a response being continued), under SPEC.md §4 and 5 exactly as one full forward reads
 it, the mask in the form the attention implementation takes (flex_attention a `BlockMask`, the kernel
 path the intervals themselves, sdpa and eager an additive mask). A prompt that ends inside a
 `<Parallel>` block is refused with a clear error. In a batch every row of the cache grows by the widest
@@ -107,17 +107,17 @@ FORKING, FINISHING = BranchState.FORKING, BranchState.FINISHING
 
 MERGE_MODES = ("exact", "reprefill")
 """How a conclusion reads its block's paths (engine option `merge`, first = default). `exact`: from the cache, as
-SPEC 4 and 5 say. `reprefill`: what a stock engine (vLLM, SGLang unchanged) must do: the paths re-fed causally
+SPEC.md §4 and 5 say. `reprefill`: what a stock engine (vLLM, SGLang unchanged) must do: the paths re-fed causally
 after the trunk, at sequential positions, so path k sees paths 1..k-1, which the model was never trained on."""
 
 @dataclass
 class StepInputs:
     """One forward pass, packed by `pack_step` from the engine state (which packing does not change).
 
-    Query q of row b feeds `ids[0, b, q]` at SPEC 5 position `ids[1, b, q]` for branch slot
+    Query q of row b feeds `ids[0, b, q]` at SPEC.md §5 position `ids[1, b, q]` for branch slot
     `ids[2, b, q]` into cache column `start + q`; padding queries use slot 0. Logits are kept at the
     queries `keep` (the last token fed by each branch that samples next); `samplers` says which.
-    The prefill of prompts that hold blocks also carries their SPEC 4 intervals `[B, D, W]` (see
+    The prefill of prompts that hold blocks also carries their SPEC.md §4 intervals `[B, D, W]` (see
     `attention.stack`): there the mask comes from the prompts' structure, not the visibility table.
     """
 
@@ -303,13 +303,13 @@ class MultiverseEngine:
 
         The new row's cache columns so far are zeros that none of its branches sees, and its prompt gets
         positions 0..P-1, so it decodes exactly as it would alone. An idle engine starts from fresh buffers
-        (what finished rows held is freed). A prompt that holds blocks is prefilled under SPEC 4 only as the
+        (what finished rows held is freed). A prompt that holds blocks is prefilled under SPEC.md §4 only as the
         first step of fresh buffers: admit it into an idle engine.
         """
         if not self.rows:
             self._new_buffers(0, None, seq.prompt_length + min(self._budget(seq), 512) + 64)
         elif seq.prompt_structure is not None:
-            raise ValueError("a prompt that holds blocks is admitted only into an idle engine (its SPEC 4 prefill)")
+            raise ValueError("a prompt that holds blocks is admitted only into an idle engine (its SPEC.md §4 prefill)")
         self.cache.add_rows(1)
         self.visibility.add_rows(1)
         self.rows.append(seq)
@@ -358,7 +358,7 @@ class MultiverseEngine:
         structured = {}
         if step.prompt_intervals is None:
             mask = self.visibility.mask(slots, step.start, self.model.dtype)
-        else:  # prompts with blocks: SPEC 4 in the form the attention takes (flex: BlockMask, kernel: intervals)
+        else:  # prompts with blocks: SPEC.md §4 in the form the attention takes (flex: BlockMask, kernel: intervals)
             intervals = tuple(t.to(device, non_blocking=True) for t in step.prompt_intervals)
             implementation = attention_implementation(self.model)
             if implementation == MULTIVERSE_KERNEL_ATTENTION:

@@ -1,4 +1,4 @@
-"""The Multiverse Engine's state: branches, sequences, their states and the one table of transitions (SPEC 6).
+"""The Multiverse Engine's state: branches, sequences, their states and the one table of transitions (SPEC.md §6).
 
 A branch is one path being written (or the trunk, the "root"). Its life:
 
@@ -125,7 +125,7 @@ class _Branch:
         self.own_start = len(view)  # where its own tokens begin in `view`
         self.parser = parser
         self.base = len(parser.stack)  # stack height while inside its own path
-        self.position = position  # SPEC 5 position id of the next token fed
+        self.position = position  # SPEC.md §5 position id of the next token fed
         self.depth = depth  # forks above it
         self.pending: list[int] = []  # appended to `view`, not yet in the KV cache
         # positions of `pending` where they are not position, position + 1, ... (a prompt that holds blocks)
@@ -145,7 +145,7 @@ class _Sequence:
     def __init__(self, row: int, prompt: list[int], parser: StructureParser):
         self.row = row  # in the batch as given (streams and stopping criteria report it)
         self.prompt_length = len(prompt)
-        # a prompt that holds blocks is prefilled under SPEC 4 and 5, as one full forward would read it
+        # a prompt that holds blocks is prefilled under SPEC.md §4 and 5, as one full forward would read it
         self.prompt_structure: TokenStructure | None = parser.finish().arrays() if parser.blocks else None
         self.branches: list[_Branch] = []
         self.visibility_ops: list[tuple[str, int, int]] = []  # ("copy" | "merge", dst slot, src slot)

@@ -1,7 +1,7 @@
-"""`generate()` for Multiverse models: fork/merge decoding with transformers' generation arguments (SPEC 6-8).
+"""`generate()` for Multiverse models: fork/merge decoding with transformers' generation arguments (SPEC.md §6-8).
 
 `multiverse_generate` validates the request, builds a `MultiverseEngine` (`engine.py`), runs it and packages
-the output as transformers does (`sequences`, or a `MultiverseGenerateOutput` with the SPEC 8 statistics).
+the output as transformers does (`sequences`, or a `MultiverseGenerateOutput` with the SPEC.md §8 statistics).
 transformers' private generation helpers are reached only through `transformers_generation.py`.
 
 Arguments that would silently decode something else are refused with a ValueError: a non-finite or
@@ -55,7 +55,7 @@ ENGINE_DEFAULTS = {"max_depth": 2, "max_branches": 16, "max_branch_tokens": 2048
 - `max_branches`: most outlines (hence paths) one goal may have. Real Multiverse-32B traces open blocks
   of up to 10 paths; a lower cap would reshape them.
 - `max_branch_tokens`: most tokens one path may write itself (its nested paths count on their own).
-- `merge`: "exact" (the conclusion reads the paths from the cache, SPEC 6) or "reprefill" (the paths are fed
+- `merge`: "exact" (the conclusion reads the paths from the cache, SPEC.md §6) or "reprefill" (the paths are fed
   again causally before the conclusion, as a stock vLLM/SGLang must serve the model; `engine.MERGE_MODES`).
 """
 
@@ -89,8 +89,8 @@ class MultiverseGenerateOutput(ModelOutput):
     - `sequences`: prompts (as given) then canonical responses, right-padded with the pad token.
     - `generated_tokens`: tokens generated within `max_new_tokens` (all branches, forced seeds included).
     - `closing_tokens`: tags appended after the budget ran out to close open blocks.
-    - `decode_steps`: forward passes that fed this prompt at least one token (SPEC 8).
-    - `parallelism`: generated_tokens / decode_steps (SPEC 8).
+    - `decode_steps`: forward passes that fed this prompt at least one token (SPEC.md §8).
+    - `parallelism`: generated_tokens / decode_steps (SPEC.md §8).
     - `blocks`: every block of the response, in order: `labels`, `branch_lengths` (tokens of each path
       unit), `depth` (0 = top level), `start` (index of `<Parallel>` in the response).
     - `cache_tokens`: peak KV cache length (tokens per row, padding slots included).
@@ -174,7 +174,7 @@ def multiverse_generate(
     tokenizer=None,
     **kwargs,
 ):
-    """Fork/merge decoding (SPEC 6) with transformers' generation config, processors and warpers.
+    """Fork/merge decoding (SPEC.md §6) with transformers' generation config, processors and warpers.
 
     Greedy or sampling (`do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`, ...),
     `num_return_sequences` (sampling), `eos_token_id`, `stop_strings`, `max_new_tokens` or `max_length`,

@@ -2,8 +2,8 @@
 
 The weights are exactly the base model's (`model.*`, `lm_head`), so any Qwen2 or Llama checkpoint,
 including the published Multiverse-32B, loads as is. What changes is attention and positions: given
-token ids with tags and no explicit 4D mask, `forward` applies Multiverse Attention (SPEC 4) and the
-SPEC 5 position ids by itself. An explicit 4D mask (or `BlockMask`) and `position_ids` pass through.
+token ids with tags and no explicit 4D mask, `forward` applies Multiverse Attention (SPEC.md §4) and the
+SPEC.md §5 position ids by itself. An explicit 4D mask (or `BlockMask`) and `position_ids` pass through.
 
 This file and its relative imports are what `save_pretrained` copies next to the weights, so a
 checkpoint loads with `trust_remote_code=True` where only transformers and torch are installed.
@@ -153,7 +153,7 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
         )
 
     def generate(self, *args, multiverse: bool = True, **kwargs):
-        """Fork/merge decoding (SPEC 6, `generation.multiverse_generate`); `multiverse=False` decodes plainly.
+        """Fork/merge decoding (SPEC.md §6, `generation.multiverse_generate`); `multiverse=False` decodes plainly.
 
         Engine options (`max_depth`, `max_branches`, `max_branch_tokens`, `merge`) are keyword arguments or
         `generation_config` attributes. Pass `tokenizer=` unless the model was loaded from a folder with one.
@@ -182,7 +182,7 @@ class MultiverseForCausalLM(MultiversePreTrainedModel, GenerationMixin):
 
 
 SPEC_FILE = "SPEC.md"
-"""The specification that the code's "SPEC n" comments cite (section n); it ships beside the remote code."""
+"""The specification that the code's "SPEC.md §n" comments cite (section n); it ships beside the remote code."""
 
 
 def write_spec(save_directory: str | Path, loaded_from: str | Path | None = None) -> Path | None:

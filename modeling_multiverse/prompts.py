@@ -1,7 +1,7 @@
 """The one prompt builder: every prompt a model sees, in training data, eval, generate, serve, the app and GRPO.
 
 A prompt is the user turn (the question, the answer-format hint of its kind, and PARALLEL_INSTRUCTION last,
-SPEC 2), rendered with the tokenizer's chat template (bare text for a tokenizer without one), where what a
+SPEC.md §2), rendered with the tokenizer's chat template (bare text for a tokenizer without one), where what a
 person wrote is text, never structure: a `<Path>` typed in a question is the ids of its characters.
 `multiverse serve` encodes a client's messages as they are with `encode_chat` (the client writes the turn).
 
@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 
 PARALLEL_INSTRUCTION = "Think step by step and in parallel before answering."
-"""The sentence that ends a user turn asking for parallel thinking (SPEC 2)."""
+"""The sentence that ends a user turn asking for parallel thinking (SPEC.md §2)."""
 
 ANSWER_HINTS: dict[str, str] = {
     "math": "Put your final answer within \\boxed{}.",
@@ -34,7 +34,7 @@ _MARK_SPLIT = re.compile("\ue000(\\d+)\ue001")
 
 
 def parallel_user_turn(question: str, hint: str = "") -> str:
-    """The user turn that asks for parallel thinking (SPEC 2): the question, an optional answer-format hint,
+    """The user turn that asks for parallel thinking (SPEC.md §2): the question, an optional answer-format hint,
     then PARALLEL_INSTRUCTION, joined by spaces.
 
     >>> parallel_user_turn(" What is 2 + 3? ", "Answer with a number.")

@@ -197,7 +197,7 @@ class ContinuousEngine:
                     request.seq.stream.end()
                     continue
                 if request.seq.prompt_structure is not None and self.running:
-                    return  # a prompt that holds blocks joins an idle engine (its SPEC 4 prefill)
+                    return  # a prompt that holds blocks joins an idle engine (its SPEC.md §4 prefill)
                 self.waiting.popleft()
                 self.engine.admit(request.seq)
                 self.running.append(request)

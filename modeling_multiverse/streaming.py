@@ -44,7 +44,7 @@ class BranchEvent:
       a path nested in it. `index` names the branch uniquely (labels may repeat, and a branch may open
       several blocks): one 0-based `(block, path)` pair per level, e.g. `((1, 0),)` is path 1 of the
       trunk's second block.
-    - `generated_tokens`, `decode_steps`: the prompt's counters (SPEC 8) when the event happened.
+    - `generated_tokens`, `decode_steps`: the prompt's counters (SPEC.md §8) when the event happened.
     """
 
     kind: str

@@ -1,4 +1,4 @@
-"""The Multiverse format: its tags, its grammar, and the per-token arrays derived from it (SPEC 2-5, 8).
+"""The Multiverse format: its tags, its grammar, and the per-token arrays derived from it (SPEC.md §2-5, 8).
 
 This module is the only place in the project that knows the tags. Everything else (the model, the
 engine, the collator, the curator, the inspector) goes through it.
@@ -119,12 +119,12 @@ def read_label(text: str, strict: bool) -> str | None:
 
 
 def path_seed(label: str) -> str:
-    """What the engine forces at the start of branch `label` (SPEC 6): separator, `<Path>`, label."""
+    """What the engine forces at the start of branch `label` (SPEC.md §6): separator, `<Path>`, label."""
     return f"\n{TAGS[PATH]}\n{label}:"
 
 
 CONCLUSION_SEED = f"\n{TAGS[CONCLUSION]}\n"
-"""What the engine forces at a merge (SPEC 6)."""
+"""What the engine forces at a merge (SPEC.md §6)."""
 
 
 def format_parallel(outlines: Sequence[tuple[str, str]], paths: Sequence[str], conclusion: str) -> str:
@@ -231,7 +231,7 @@ class Structure:
         return max((len(b.paths) for b in self.iter_blocks()), default=0)
 
     def arrays(self) -> TokenStructure:
-        """Per-item position ids and sibling intervals (SPEC 4-5); see `TokenStructure`."""
+        """Per-item position ids and sibling intervals (SPEC.md §4-5); see `TokenStructure`."""
         return TokenStructure.from_structure(self)
 
 
@@ -253,7 +253,7 @@ def _describe(kind: int) -> str:
 
 
 class StructureParser:
-    """Incremental parser for the SPEC 3 grammar.
+    """Incremental parser for the SPEC.md §3 grammar.
 
     Feed items in order with `feed(kind, index)`; `finish()` returns the `Structure`. With
     `partial=True` open elements at the end are legal. `text_of(i, j)` (optional) returns the text of
@@ -305,7 +305,7 @@ class StructureParser:
 
     @property
     def expects_fork(self) -> bool:
-        """True right after `</Goal>` closed the goal of an open block: the moment to fork (SPEC 6)."""
+        """True right after `</Goal>` closed the goal of an open block: the moment to fork (SPEC.md §6)."""
         return self.last_kind == GOAL_END and self.stack[-1].kind == PARALLEL
 
     # -- errors -----------------------------------------------------------------------------
@@ -775,14 +775,14 @@ def parse_text(text: str, *, partial: bool = False, require_think: bool = False)
 
 
 # ----------------------------------------------------------------------------------------------
-# Per-token arrays (SPEC 4-5)
+# Per-token arrays (SPEC.md §4-5)
 
 
 @dataclass
 class TokenStructure:
     """O(S) arrays that define Multiverse Attention and positions for one sequence.
 
-    - `position_ids[t]`: SPEC 5 position of token t.
+    - `position_ids[t]`: SPEC.md §5 position of token t.
     - `forbid_lo[d, t] <= k < forbid_hi[d, t]`: keys token t may not see. Row d is the nesting depth
       of a block: for a token in path unit i of that block, the interval covers the sibling units
       that precede unit i. Later siblings are invisible already by causality, and intervals of
@@ -847,5 +847,5 @@ class TokenStructure:
         return out
 
     def critical_path_tokens(self) -> int:
-        """Tokens on the critical path (SPEC 8): the positional extent of the sequence."""
+        """Tokens on the critical path (SPEC.md §8): the positional extent of the sequence."""
         return int(self.position_ids.max()) + 1 if self.length else 0

@@ -1,4 +1,4 @@
-"""Adding the twelve tags to a tokenizer and a model (SPEC 2).
+"""Adding the twelve tags to a tokenizer and a model (SPEC.md §2).
 
 Example:
     >>> tag_ids = add_multiverse_tokens(model, tokenizer)  # doctest: +SKIP

@@ -4,7 +4,7 @@ A Gradio page with a chat box. While the model decodes, the trunk text appears f
 each `<Path>` gets its own column and the columns fill side by side (a nested block opens columns
 inside its path's column); after the merge, the conclusion continues below. A live counter shows the
 tokens written, the decode steps (forward passes) and the degree of parallelism (tokens / steps,
-SPEC 8). It is built on `generate(..., branch_callback=...)` (`modeling_multiverse/streaming.py`).
+SPEC.md §8). It is built on `generate(..., branch_callback=...)` (`modeling_multiverse/streaming.py`).
 The tags stay visible (they are the structure); the tokenizer's other special tokens (end of turn, padding)
 are left out, and LaTeX (`$...$`, `\\(...\\)`, `\\[...\\]`, a bare `\\boxed{}`) is rendered by Gradio's KaTeX.
 

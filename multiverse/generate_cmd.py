@@ -1,8 +1,8 @@
 """`multiverse generate --model DIR --prompt TEXT`: answer one prompt with fork/merge decoding.
 
 The prompt is built by the one prompt builder (`modeling_multiverse.prompt_ids`): a user turn that ends with
-the "in parallel" instruction (SPEC 2), through the model's chat template. Prints the response and the
-engine's statistics (SPEC 8), or one JSON object.
+the "in parallel" instruction (SPEC.md §2), through the model's chat template. Prints the response and the
+engine's statistics (SPEC.md §8), or one JSON object.
 
 Under `torchrun --nproc-per-node N` (or `accelerate launch`) the model is split over the N processes with
 transformers' tensor parallelism (`runtime/distributed.py`); every process decodes in lockstep, rank 0 prints.

@@ -1,7 +1,7 @@
 """`multiverse inspect FILE`: check the structure of Multiverse responses stored in a JSONL file.
 
-For each record: is the response well-formed (SPEC 3, strict), and if not, where and why; its blocks,
-widest block, nesting depth, tokens, critical-path tokens and structural ideal (SPEC 8). With
+For each record: is the response well-formed (SPEC.md §3, strict), and if not, where and why; its blocks,
+widest block, nesting depth, tokens, critical-path tokens and structural ideal (SPEC.md §8). With
 `--json`, one JSON object per record and a closing `{"summary": {...}}` line; otherwise a table.
 
 Example:

@@ -1,13 +1,13 @@
-"""A brute-force reference for Multiverse Attention (SPEC 4) and position ids (SPEC 5).
+"""A brute-force reference for Multiverse Attention (SPEC.md §4) and position ids (SPEC.md §5).
 
 Written straight from the SPEC and independent of `modeling_multiverse`'s code: a recursive-descent
 reader builds the block tree from the per-token kinds, then the mask is filled with explicit loops
 over (query, key) pairs and positions are assigned by walking the tree. Slow on purpose; for tests.
 
-Kinds are the tag's index in SPEC 2's order, or -1 for a token that is not a tag. The input must be
+Kinds are the tag's index in SPEC.md §2's order, or -1 for a token that is not a tag. The input must be
 a valid sequence or a prefix of one (a truncated sequence).
 
-Truncation rule (where SPEC 5 is silent): whitespace after a `</Path>` whose next `<Path>` has not
+Truncation rule (where SPEC.md §5 is silent): whitespace after a `</Path>` whose next `<Path>` has not
 been written yet belongs to no path unit (the block may still continue with `<Conclusion>`); it is
 placed like a conclusion separator.
 """
@@ -121,7 +121,7 @@ def _tokens_of(elements: list) -> list[int]:
 
 
 def reference_positions(kinds: list[int]) -> list[int]:
-    """SPEC 5: sequential outside blocks; every path unit starts at P0; after the block, P0 + longest extent."""
+    """SPEC.md §5: sequential outside blocks; every path unit starts at P0; after the block, P0 + longest extent."""
     positions = [None] * len(kinds)
 
     def place(elements: list, next_position: int) -> int:
@@ -171,7 +171,7 @@ def path_ancestry(kinds: list[int]) -> list[list[tuple[int, int]]]:
 
 
 def reference_allowed(kinds: list[int]) -> torch.Tensor:
-    """SPEC 4 as a bool [S, S] matrix, by explicit loops: causal, minus sibling path units."""
+    """SPEC.md §4 as a bool [S, S] matrix, by explicit loops: causal, minus sibling path units."""
     n = len(kinds)
     ancestry = path_ancestry(kinds)
     allowed = torch.zeros(n, n, dtype=torch.bool)

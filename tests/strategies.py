@@ -1,6 +1,6 @@
 """Hypothesis strategies for random Multiverse responses: nested blocks, uneven paths, varied separators.
 
-`responses()` draws valid response text (SPEC 3); `response_prefixes()` draws a response cut at a
+`responses()` draws valid response text (SPEC.md §3); `response_prefixes()` draws a response cut at a
 random token, i.e. a truncated sequence. `tokens_of(text)` splits text into the tokens of the tiny
 tokenizer of tests/tiny.py (one per character, one per tag); `kinds_of(text)` gives their kinds.
 """

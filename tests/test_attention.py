@@ -1,4 +1,4 @@
-"""Multiverse Attention (SPEC 4) and position ids (SPEC 5): every mask form and the positions equal the
+"""Multiverse Attention (SPEC.md §4) and position ids (SPEC.md §5): every mask form and the positions equal the
 brute-force reference of tests/reference.py, over random nested structures, truncated ones included."""
 
 from __future__ import annotations

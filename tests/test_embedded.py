@@ -1,4 +1,4 @@
-"""The converted embedded default (SmolLM2-135M-Instruct) obeys SPEC 4-5 on real weights."""
+"""The converted embedded default (SmolLM2-135M-Instruct) obeys SPEC.md §4-5 on real weights."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The Multiverse Engine on tiny random models: the SPEC 7 invariant, batches, sampling, Hub loading."""
+"""The Multiverse Engine on tiny random models: the SPEC.md §7 invariant, batches, sampling, Hub loading."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Acceptance: the SPEC 7 invariant on the output of a *converted* model's plain `generate(...)` call.
+"""Acceptance: the SPEC.md §7 invariant on the output of a *converted* model's plain `generate(...)` call.
 
 The model is loaded from the folder `multiverse convert` wrote (remote code + `custom_generate/`),
 and `generate` is called exactly as the issue states: input_ids, a logits processor, greedy,

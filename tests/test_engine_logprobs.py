@@ -1,6 +1,6 @@
 """`generate(..., output_scores=True)` returns `token_logprobs`: the log-probability of every sampled token
 under the distribution the engine drew it from, in canonical order. For GRPO these must equal what ONE
-training forward over the canonical output gives (SPEC 4 mask, SPEC 5 positions), within fp32 tolerance."""
+training forward over the canonical output gives (SPEC.md §4 mask, SPEC.md §5 positions), within fp32 tolerance."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prompts that already hold blocks (a response being continued) are prefilled under SPEC 4 and 5 (issue 14).
+"""Prompts that already hold blocks (a response being continued) are prefilled under SPEC.md §4 and 5 (issue 14).
 
 Continuing a response from a cut after its first closed block must give the rest of that response,
 token for token and log-probability for log-probability: the prefill reads the cut exactly as the

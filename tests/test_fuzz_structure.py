@@ -2,7 +2,7 @@
 
 Each of 10,000 sequences (valid random responses, their mutations, and pure noise) must
 1. parse or raise `StructureError` (nothing else);
-2. when it parses, give masks and positions with the SPEC 4/5 properties;
+2. when it parses, give masks and positions with the SPEC.md §4/5 properties;
 3. driven token by token through the engine's state machine (random branch per token, tags the
    engine refuses are skipped, as masking them would), then closed by the engine's finalizer, end as a
    complete, well-formed sequence in which every text token of the script survives.
@@ -94,10 +94,10 @@ def check_masks(kinds: list[int]) -> None:
     for block in structure.iter_blocks():
         units = [(u.start, u.end or n) for u in block.paths]
         for i, (s, e) in enumerate(units):
-            assert int(pos[s]) == int(pos[units[0][0]])  # every path unit starts at P0 (SPEC 5)
+            assert int(pos[s]) == int(pos[units[0][0]])  # every path unit starts at P0 (SPEC.md §5)
             for j, (s2, e2) in enumerate(units):
                 if i != j:
-                    assert not bool(allowed[s:e, s2:e2].any())  # siblings never see each other (SPEC 4)
+                    assert not bool(allowed[s:e, s2:e2].any())  # siblings never see each other (SPEC.md §4)
             if block.depth == 0:  # paths see everything before a top-level block
                 assert bool(allowed[s:e, : block.open + 1].all())
         if block.conclusion_start is not None:

@@ -94,7 +94,7 @@ def test_the_import_check_catches_what_a_hub_user_lacks(source, expected):
     assert foreign_imports(source) == expected
 
 
-# The specification ships with every model: the "SPEC n" comments of the remote code resolve on the Hub
+# The specification ships with every model: the "SPEC.md §n" comments of the remote code resolve on the Hub
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_SPEC = ROOT / "modeling_multiverse" / "SPEC.md"
@@ -102,7 +102,7 @@ PACKAGE_SPEC = ROOT / "modeling_multiverse" / "SPEC.md"
 
 def test_the_spec_is_one_file_found_from_the_package_and_from_docs():
     text = PACKAGE_SPEC.read_text()
-    assert "`SPEC n`; that means section n of this page" in text
+    assert "`SPEC.md §n`; that means section n of this page" in text
     headings = [line.split(".")[0] for line in text.splitlines() if line.startswith("## ")]
     assert headings == [f"## {n}" for n in range(1, 9)]  # the numbering the code's citations use
     assert (ROOT / "docs" / "spec.md").resolve() == PACKAGE_SPEC.resolve()
@@ -110,6 +110,20 @@ def test_the_spec_is_one_file_found_from_the_package_and_from_docs():
 
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "SPEC.md" in package_data["modeling_multiverse"]  # so an installed wheel has it too
+
+
+def test_every_spec_citation_in_the_code_names_a_section_of_the_page():
+    import re
+
+    sections = {int(line[3]) for line in PACKAGE_SPEC.read_text().splitlines() if re.match(r"## \d", line)}
+    cited = {}
+    for path in ROOT.glob("**/*.py"):
+        if ".git" in path.parts or "site-packages" in path.parts:
+            continue
+        for number in re.findall(r"SPEC\.md §(\d+)", path.read_text()):
+            cited.setdefault(int(number), path.relative_to(ROOT))
+        assert not re.search(r"\bSPEC \d", path.read_text()), f"{path}: cite the page as SPEC.md §n"
+    assert len(cited) >= 6 and set(cited) <= sections, {n: str(p) for n, p in cited.items() if n not in sections}
 
 
 def test_save_pretrained_ships_the_spec(saved_model):

@@ -3,7 +3,7 @@
 The defining property: a path's logits do not depend on its sibling paths. Then: the model equals the
 base model run with the reference mask and positions; batching, explicit masks and every attention
 implementation agree; a saved checkpoint loads with trust_remote_code where this repo is not importable;
-and the tags enter the vocabulary as SPEC 2 says.
+and the tags enter the vocabulary as SPEC.md §2 says.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def test_the_remote_code_check_really_hides_the_repository(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The tags in the vocabulary (SPEC 2)
+# The tags in the vocabulary (SPEC.md §2)
 
 
 def untagged_model(tokenizer, family: str = "llama", tie: bool = False) -> MultiverseForCausalLM:

@@ -1,4 +1,4 @@
-"""The parser (SPEC 3): what it accepts, what it rejects and how it says so, and that it is linear."""
+"""The parser (SPEC.md §3): what it accepts, what it rejects and how it says so, and that it is linear."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SPEC 2 user turn is built once (`modeling_multiverse.prompts`): training data, `multiverse generate`,
+"""The SPEC.md §2 user turn is built once (`modeling_multiverse.prompts`): training data, `multiverse generate`,
 `multiverse eval`, the GRPO recipe and the benchmarks all prompt a model exactly as it was trained."""
 
 from __future__ import annotations

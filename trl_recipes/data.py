@@ -149,7 +149,7 @@ def split_conversation(example: dict, index: int) -> tuple[list[Message], Messag
 
 
 def validate_response(text: str, index: int) -> None:
-    """Raise `ExampleError` naming the example and the char offset where `text` breaks the grammar (SPEC 3)."""
+    """Raise `ExampleError` naming the example and the char offset where `text` breaks the grammar (SPEC.md §3)."""
     try:
         parse_text(text)
     except StructureError as err:

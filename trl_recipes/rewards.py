@@ -12,7 +12,7 @@ Reward design, against the three published RL recipes for parallel reasoning:
   `format_forced_penalty` when the engine had to force closing tags, i.e. the model ran into a budget or ended
   a path with eos). NPR gates accuracy on a format check with a graded penalty; here format is its own term,
   since the engine's output always parses *partially*: what is left to reward is finishing cleanly.
-- *parallel* (the saving in decode steps against writing the same tokens sequentially, SPEC 8:
+- *parallel* (the saving in decode steps against writing the same tokens sequentially, SPEC.md §8:
   `1 - decode_steps / generated_tokens`, or with `parallel_measure="critical_path"` the share of tokens off the
   critical path, `1 - critical_path / tokens`), capped at `parallel_cap`, and **paid only when the answer is
   right**, so that forking cannot be farmed on wrong answers. This is ThreadWeaver's P-GRPO acceleration term

@@ -1,11 +1,11 @@
 """The GRPO recipe's rollouts and the log-probabilities of its loss, both from the Multiverse engine's rules.
 
-- **Rollouts** come from the Multiverse engine (`model.generate`, SPEC 6) through TRL's `rollout_func`: the
+- **Rollouts** come from the Multiverse engine (`model.generate`, SPEC.md §6) through TRL's `rollout_func`: the
   completions are the engine's canonical sequences (paths in label order), with the engine's per-token
   log-probabilities (`output_scores=True` -> `token_logprobs`). Tokens the engine forced (path and
   conclusion seeds, closing tags) are not the model's choices: they go into TRL's `env_mask`, out of the loss.
-- **Log-probabilities in the loss** come from one forward over prompt + canonical completion with the SPEC 4
-  mask and SPEC 5 positions (`batch_intervals`, `mask_for`, also for rows without a block, so that left padding
+- **Log-probabilities in the loss** come from one forward over prompt + canonical completion with the SPEC.md §4
+  mask and SPEC.md §5 positions (`batch_intervals`, `mask_for`, also for rows without a block, so that left padding
   never shifts positions), the logits divided by the temperature and restricted by the grammar exactly as the
   engine restricted them before sampling (`structure.tag_constraints`). This is the distribution the engine
   sampled from, so GRPO's ratio is exact (`tests/test_grpo.py` checks it against the engine's own numbers).
@@ -133,7 +133,7 @@ def multiverse_rollout(prompts: list, trainer: MultiverseGRPOTrainer) -> dict:
 
 
 class MultiverseGRPOTrainer(GRPOTrainer):
-    """`GRPOTrainer` whose rollouts are fork/merge decoded and whose log-probabilities follow SPEC 4/5 and the
+    """`GRPOTrainer` whose rollouts are fork/merge decoded and whose log-probabilities follow SPEC.md §4/5 and the
     engine's grammar constraints. `engine_options`: the run's one options dict (`resolve_engine_options`; all of
     `ENGINE_DEFAULTS` when left out), kept as given and read by both the rollouts and the loss.
 
@@ -150,7 +150,7 @@ class MultiverseGRPOTrainer(GRPOTrainer):
         missing = sorted(set(ENGINE_DEFAULTS) - set(self.engine_options))
         if missing:
             raise ValueError(f"engine_options lacks {missing}: build it with resolve_engine_options()")
-        if self.engine_options["merge"] != "exact":  # the loss reads the paths under SPEC 4, as exact merge does
+        if self.engine_options["merge"] != "exact":  # the loss reads the paths under SPEC.md §4, as exact merge does
             raise ValueError("GRPO rollouts need merge='exact': under re-prefill the loss's ratio is not exact")
         # TRL's sampling settings, plus the engine's per-token log-probabilities
         self.rollout_config = copy.deepcopy(self.generation_config)

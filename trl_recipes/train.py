@@ -87,7 +87,7 @@ def train(
         model.config.multiverse_attention = False  # the baseline is a plain causal LM, also when it generates
     peft_config = get_peft_config(model_args)
     if peft_config is not None and recipe == "multiverse" and not model.config.tie_word_embeddings:
-        # LoRA leaves embeddings frozen: train the tag rows, which start as mean embeddings (SPEC 2). Not with
+        # LoRA leaves embeddings frozen: train the tag rows, which start as mean embeddings (SPEC.md §2). Not with
         # tied embeddings: PEFT then wraps lm_head too, and TRL's fused head cannot read the wrapped weight.
         tag_rows = sorted(tag_ids_from_tokenizer(tokenizer).values())
         peft_config.trainable_token_indices = {"embed_tokens": tag_rows}

@@ -1,4 +1,4 @@
-"""Structured prefill attention: Multiverse Attention (SPEC 4) from O(S) per-token interval arrays.
+"""Structured prefill attention: Multiverse Attention (SPEC.md §4) from O(S) per-token interval arrays.
 
 The mask is never materialised. Query t may attend to key k iff `k <= t` and, for every depth row d,
 `k` lies outside `[forbid_lo[b, d, t], forbid_hi[b, d, t])` (the arrays of the core's `TokenStructure`
