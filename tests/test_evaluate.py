@@ -8,6 +8,7 @@ import torch
 from tiny import example_response, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from evaluation.cli import main
 from evaluation.evaluate import (
     detect_kind,
     evaluate,
@@ -15,7 +16,6 @@ from evaluation.evaluate import (
     generation_stats,
     is_multiverse_tokenizer,
     load_records,
-    main,
     summarize,
 )
 from modeling_multiverse import PARALLEL_INSTRUCTION, user_turn
