@@ -199,11 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", help="the questions of --traces (JSONL with `id` and `question`)")
     parser.add_argument("--skip-decoding", action="store_true", help="only the teacher-forced reading of --traces")
     args = parser.parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from modeling_multiverse import MultiverseForCausalLM
 
     precision = choose_precision(args.precision, args.device)
-    # the engine of this checkout (registered on import), not the copy saved beside the weights
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
+    # the engine of this checkout by its class, not the copy saved beside the weights (which a process that
+    # loaded a model's remote code before would pick through the Auto registry)
+    model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
     model = model.to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     records, kind = load_records(args.data, args.kind, args.limit)

@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # (importing modeling_multiverse registered ours)
 
-    from runtime.paths import context_length, model_config, same_path, write_text_atomic
+    from runtime.paths import context_length, model_config, multiverse_config, same_path, write_text_atomic
 
     records, kind = load_records(args.data, args.kind, args.limit)
     config = model_config(args.model, "--model")
+    if config["model_type"] == "multiverse":
+        config = multiverse_config(args.model, "--model")  # its tag ids checked before anything loads
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if config["model_type"] != "multiverse" and not is_multiverse_tokenizer(tokenizer):
         # a plain model is evaluated only as a trained baseline: its tokenizer has the tags (SPEC.md §2)

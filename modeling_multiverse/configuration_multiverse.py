@@ -31,6 +31,7 @@ _check_transformers_version()
 
 from huggingface_hub.dataclasses import strict  # noqa: E402
 from transformers import AutoConfig, PreTrainedConfig  # noqa: E402
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING  # noqa: E402
 
 try:  # transformers >= 5.20 declares sub-configs with a spec, older 5.x with a class
     from transformers.configuration_utils import SubConfigSpec
@@ -82,6 +83,9 @@ class MultiverseConfig(PreTrainedConfig):
 
 # Registered on import, as remote code too: AutoTokenizer reads config.json before tokenizer_config.json, so
 # once a Multiverse model is loaded, `AutoTokenizer.from_pretrained(folder)` finds the type without a prompt.
-AutoConfig.register(MultiverseConfig.model_type, MultiverseConfig, exist_ok=True)
+# A registration already made stays: remote code loaded into a process that imported this package must not
+# swap the package's config class for its own copy, which the package's AutoModel mapping does not know.
+if MultiverseConfig.model_type not in CONFIG_MAPPING:
+    AutoConfig.register(MultiverseConfig.model_type, MultiverseConfig)
 
 __all__ = ["MultiverseConfig", "SUPPORTED_BASES"]
