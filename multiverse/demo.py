@@ -179,8 +179,31 @@ def _measure_hardware(path: Path) -> None:
     write_text_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
+def sft_config(output: Path, settings: DemoSettings):
+    """The SFT config both demo models train with (the same steps, learning rate and rows for each)."""
+    from trl_recipes import MultiverseSFTConfig
+
+    return MultiverseSFTConfig(
+        output_dir=str(output),
+        max_length=settings.max_length,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=settings.warmup_steps,
+        precision=settings.precision,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=settings.seed,
+    )
+
+
 def _train(recipe: str, base: Path, datasets_dir: Path, output: Path, settings: DemoSettings) -> None:
-    from trl_recipes import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
+    from trl_recipes import MultiverseModelConfig, RecipeArguments
     from trl_recipes.loading import load_model
     from trl_recipes.train import train
 
@@ -189,23 +212,7 @@ def _train(recipe: str, base: Path, datasets_dir: Path, output: Path, settings: 
         _train_top_layers(model, settings.train_layers)
     outcome = train(
         RecipeArguments(recipe=recipe, dataset_name=str(datasets_dir), dataset_train_split=recipe, pack_examples=True),
-        MultiverseSFTConfig(
-            output_dir=str(output),
-            max_length=settings.max_length,
-            num_train_epochs=settings.epochs,
-            max_steps=settings.max_steps,
-            per_device_train_batch_size=settings.batch_size,
-            gradient_accumulation_steps=settings.gradient_accumulation,
-            learning_rate=settings.learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=settings.warmup_steps,
-            precision=settings.precision,
-            use_cpu=True,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            seed=settings.seed,
-        ),
+        sft_config(output, settings),
         model=model,
         tokenizer=tokenizer,
     )

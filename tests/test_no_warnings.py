@@ -9,7 +9,7 @@ import pytest
 import torch
 from trl import TrlParser
 
-from multiverse.demo import DemoSettings
+from multiverse.demo import DemoSettings, sft_config
 from trl_recipes import MultiverseModelConfig, MultiverseSFTConfig, RecipeArguments
 from trl_recipes.grpo import GRPORecipeArguments, MultiverseGRPOConfig
 
@@ -27,23 +27,7 @@ def test_the_demo_builds_its_training_config_without_a_warning(tmp_path):
     settings = DemoSettings.quick()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        config = MultiverseSFTConfig(  # the arguments of multiverse.demo._train
-            output_dir=str(tmp_path),
-            max_length=settings.max_length,
-            num_train_epochs=settings.epochs,
-            max_steps=settings.max_steps,
-            per_device_train_batch_size=settings.batch_size,
-            gradient_accumulation_steps=settings.gradient_accumulation,
-            learning_rate=settings.learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=settings.warmup_steps,
-            precision=settings.precision,
-            use_cpu=True,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            seed=settings.seed,
-        )
+        config = sft_config(tmp_path, settings)  # what multiverse.demo._train trains with
     # off without a GPU (TRL's default is on), under both names
     assert checkpointing(config) == (torch.cuda.is_available(),) * 2
     # no pinned memory without a GPU: torch warns when a DataLoader asks for it there
