@@ -153,14 +153,20 @@ def forced_server(model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("forced")
     launcher = folder / "launch.py"
     launcher.write_text(textwrap.dedent(f"""
-        import sys
+        import sys, time
         sys.path.insert(0, {str(TESTS)!r})
         from engine_skeleton import SkeletonProcessor, block, skeleton_template
-        from transformers import AutoTokenizer, LogitsProcessorList
+        from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
         from multiverse.serve import serve
+
+        class Paced(LogitsProcessor):  # 10 ms a step: /health sees a request running, however fast the machine
+            def __call__(self, input_ids, scores):
+                time.sleep(0.01)
+                return scores
+
         tokenizer = AutoTokenizer.from_pretrained({str(model_dir)!r})
         template = skeleton_template(tokenizer, {SKELETON})
-        processor = LogitsProcessorList([SkeletonProcessor(template, tokenizer)])
+        processor = LogitsProcessorList([SkeletonProcessor(template, tokenizer), Paced()])
         serve({str(model_dir)!r}, "127.0.0.1", {port}, logits_processor=processor, max_running=4, precision="fp32")
     """))
     process = start_server([sys.executable, str(launcher)], port, folder / "forced.log")
