@@ -294,8 +294,8 @@ def test_past_the_bound_a_request_gets_503_with_retry_after_and_health_counts(na
         assert counts["completed"] == 0 and counts["rejected"] == 1 and counts["failed"] == 0, counts
         answer = http.post("/v1/chat/completions", json={"model": "m", "messages": QUESTION, "max_tokens": 5})
         assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 5
-    counts = health(url)
-    assert counts["completed"] == 1 and counts["running"] == 0 and counts["waiting"] == 0
+    # the worker counts a request done just after its answer is sent: wait for the counters to settle
+    counts = wait_for(url, completed=1, running=0, waiting=0)
     assert counts["tokens_per_s"] > 0 and counts["last_batch_cache_tokens"] > 0 and counts["rss_mb"] > 0
     assert counts["precision"]["precision"] == "fp32" and counts["max_running"] == 1 and counts["max_waiting"] == 1
     assert "Traceback" not in log.read_text()
@@ -332,7 +332,7 @@ def test_malformed_bodies_get_400_in_one_line_and_the_server_stays_up(plain_serv
             assert message and "\n" not in message, (body, message)
         good = http.post("/v1/chat/completions", json={"model": "m", "messages": QUESTION, "max_tokens": 3})
         assert good.status_code == 200 and good.json()["choices"][0]["finish_reason"] == "length"
-    after = health(url)
+    after = wait_for(url, completed=before["completed"] + 1, running=0)  # counted just after the answer went out
     assert after["invalid"] - before["invalid"] == len(MALFORMED)
     assert after["completed"] - before["completed"] == 1 and after["running"] == 0 and after["failed"] == 0
     assert "Traceback" not in log.read_text()
