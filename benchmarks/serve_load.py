@@ -100,9 +100,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=positive, default=384, help="max_tokens per request (default 384)")
     parser.add_argument("--max-running", type=positive, default=8, help="multiverse serve --max-running (default 8)")
     parser.add_argument("--max-waiting", type=positive, default=64, help="multiverse serve --max-waiting (default 64)")
-    parser.add_argument(
-        "--batch-window-ms", type=int, default=50, help="multiverse serve --batch-window-ms (default 50)"
-    )
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32", help="default fp32")
     parser.add_argument("--static-batch", type=positive, default=8, help="rows per static generate() batch (default 8)")
     parser.add_argument("--no-static", action="store_true", help="skip the static batched generate() run")
@@ -126,8 +123,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--problems {args.problems} is not a file")
     if args.baseline is not None and shutil.which("transformers") is None:
         parser.error("--baseline needs the `transformers` command (transformers >= 5 with its serving extra)")
-    if args.batch_window_ms < 0:
-        parser.error(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
     if args.disconnect_share + args.malformed_share > 1:
         parser.error("--disconnect-share + --malformed-share must be <= 1")
     try:
@@ -222,7 +217,6 @@ def multiverse_server(args, log_dir: Path) -> Server:
         sys.executable, "-m", "multiverse.cli", "serve", "--model", args.model, "--port", str(port),
         "--max-running", str(args.max_running), "--max-waiting", str(args.max_waiting),
         "--precision", args.precision, "--max-new-tokens", str(args.max_tokens),
-        "--batch-window-ms", str(args.batch_window_ms),
     ]
     log = log_dir / "multiverse-serve.log"
     return Server("multiverse serve", command, port, "multiverse", log, args.startup_timeout)

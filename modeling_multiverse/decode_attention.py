@@ -132,12 +132,13 @@ class EngineCache(Cache):
         for layer in self.layers:
             layer.select_columns(index)
 
-    def splice(self, row: int, other: EngineCache) -> None:
-        """Append the columns of `other` (a cache of one row) to row `row`; the other rows get zeros there."""
+    def splice(self, rows: list[int], other: EngineCache, batch: int) -> None:
+        """Append the columns of `other` (a cache of one row) to each of `rows` of this cache's `batch` rows;
+        the other rows get zeros there."""
         for layer, source in zip(self.layers, other.layers):
-            keys = layer.key_buffer.new_zeros(layer.key_buffer.shape[0], *source.keys.shape[1:])
-            values = layer.value_buffer.new_zeros(keys.shape[0], *source.values.shape[1:])
-            keys[row], values[row] = source.keys[0], source.values[0]
+            keys = source.keys.new_zeros(batch, *source.keys.shape[1:])
+            values = source.values.new_zeros(batch, *source.values.shape[1:])
+            keys[rows], values[rows] = source.keys[0], source.values[0]
             layer.update(keys, values)
 
 

@@ -216,6 +216,7 @@ class MultiverseEngine:
         self.cache_length = 0
         self.peak_columns = 0  # the most cache columns the engine held at once
         self.compact = False  # drop columns no running row sees (`_compact`); the continuous engine sets it
+        self.share_prefill = False  # rows joining with one prompt share its prefill; the continuous engine sets it
         self.visibility: VisibilityTable | None = None
         self.logits: torch.Tensor | None = None  # [N, V] next-token logits of the last step's samplers
 
@@ -318,31 +319,42 @@ class MultiverseEngine:
     def _prefill_joined(self) -> None:
         """Prefill a prompt that joined a running batch in a forward pass of its own, then splice its keys and
         values into its cache row (zeros in the other rows): in the shared step every other row would compute
-        as many padding queries. Its last token stays pending: it is fed with the others' next tokens."""
+        as many padding queries. Its last token stays pending: it is fed with the others' next tokens.
+
+        With `share_prefill`, rows that join at once with the same prompt (the `n` answers of one request)
+        take one pass between them, also into an idle engine: the same keys and values, spliced into each row.
+        """
+        joining: dict[tuple[int, ...], list[int]] = {}
         for row, seq in enumerate(self.rows):
             root = seq.root
-            if seq.steps or not self.cache_length or len(root.pending) < 2 or seq.prompt_structure is not None:
+            if seq.steps or len(root.pending) < 2 or seq.prompt_structure is not None:
                 continue
-            n = len(root.pending) - 1
+            joining.setdefault(tuple(root.pending[:-1]), []).append(row)
+        for prompt, rows in joining.items():
+            if not self.cache_length and not (self.share_prefill and len(rows) > 1):
+                continue  # the first step of fresh buffers prefills these with the others
+            n = len(prompt)
             device = self.model.device
             alone = EngineCache(len(self.cache.layers), n)
             table = VisibilityTable(1, 2, n, device)
             slots = torch.ones(1, n, dtype=torch.long, device=device)
             table.write(slots, 0)
             self.model(
-                input_ids=torch.tensor([root.pending[:n]], device=device),
+                input_ids=torch.tensor([prompt], device=device),
                 attention_mask=table.mask(slots, 0, self.model.dtype),
                 position_ids=torch.arange(n, device=device)[None],
                 cache=alone,
                 use_cache=True,
                 logits_to_keep=torch.tensor([n - 1], device=device),
             )
-            self.cache.splice(row, alone)
-            self.visibility.ensure(len(seq.branches) + 1, self.cache_length + n)
-            self.visibility.visible[row, root.slot, self.cache_length : self.cache_length + n] = True
+            self.cache.splice(rows, alone, len(self.rows))
+            self.visibility.ensure(max(len(self.rows[row].branches) for row in rows) + 1, self.cache_length + n)
+            for row in rows:
+                root = self.rows[row].root
+                self.visibility.visible[row, root.slot, self.cache_length : self.cache_length + n] = True
+                root.position += n
+                root.pending = root.pending[n:]
             self.cache_length += n
-            root.position += n
-            root.pending = root.pending[n:]
 
     def _forward(self, step: StepInputs) -> None:
         """One forward pass. Host to device: the packed step only; the mask is built on the device."""
@@ -435,6 +447,8 @@ class MultiverseEngine:
         self.rows = [self.rows[row] for row in keep]
         if self.compact and self.rows:
             self._compact()
+        elif self.compact:  # idle: free the buffers (the next `admit` starts fresh ones)
+            self.cache, self.visibility, self.cache_length = None, None, 0
 
     def _compact(self) -> None:
         """Drop the cache columns no branch of any running row sees any more, once they are half the cache.

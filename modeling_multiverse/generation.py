@@ -304,14 +304,14 @@ def _package(engine: MultiverseEngine, seqs: list[_Sequence], request: _Request)
         closing_tokens=[s.closing_tokens for s in seqs],
         decode_steps=[s.steps for s in seqs],
         parallelism=[s.generated / max(s.steps, 1) for s in seqs],
-        blocks=[_block_stats(engine, s) for s in seqs],
+        blocks=[block_stats(engine, s) for s in seqs],
         cache_tokens=engine.cache_length,
         reprefill_tokens=[s.reprefill_tokens for s in seqs],
         token_logprobs=token_logprobs,
     )
 
 
-def _block_stats(engine: MultiverseEngine, seq: _Sequence) -> list[dict]:
+def block_stats(engine: MultiverseEngine, seq: _Sequence) -> list[dict]:
     """The response's blocks; parsed with the prompt, which may have opened `<Think>` or written blocks of its own."""
     view, start = seq.root.view, seq.prompt_length
     structure = parse_ids(view, engine.tag_ids, partial=True)

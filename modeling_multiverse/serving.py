@@ -16,6 +16,9 @@ Per request:
   `end()` when the request finishes or is cancelled) and `branch_callback` (`streaming.BranchEvent`s,
   `row` 0). eos comes from the engine's generation config.
 
+Requests admitted at the same step with the same prompt (the `n` answers of one chat request) share its
+prefill: one forward pass, its keys and values spliced into each of their rows.
+
 Memory: a finished row's cache row is dropped at once; cache columns that no running row sees any more
 (what the oldest requests wrote) are compacted away once they are half the cache; an idle engine frees
 its buffers. `stats()` reports running and waiting requests, cache columns and the tokens still seen.
@@ -50,7 +53,7 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 from .decode_attention import engine_attention
 from .engine import MultiverseEngine
 from .engine_state import _Sequence
-from .generation import ENGINE_DEFAULTS, resolve_engine_options
+from .generation import ENGINE_DEFAULTS, block_stats, resolve_engine_options
 from .streaming import GenerationStream
 from .transformers_generation import prepare_generation_config, prepare_special_tokens
 
@@ -84,12 +87,19 @@ class ContinuousEngine:
     """A running Multiverse Engine that requests join and leave between steps (see the module docstring).
 
     `generation_config`/`generation_kwargs` give what every request shares (eos, pad, `output_scores`);
-    `engine_options` are those of `generation.ENGINE_DEFAULTS`.
+    `engine_options` are those of `generation.ENGINE_DEFAULTS`. What differs per request (sampling, budget,
+    stop strings, logits processors) is refused here: `add_request` takes it.
     """
+
+    PER_REQUEST = ("max_new_tokens", "do_sample", "temperature", "top_p", "stop_strings", "logits_processor",
+                   "stopping_criteria", "streamer", "branch_callback")
 
     def __init__(self, model, tokenizer, max_running: int = 8, generation_config=None, **kwargs):
         if max_running < 1:
             raise ValueError(f"max_running must be >= 1, got {max_running}")
+        per_request = sorted(k for k in self.PER_REQUEST if kwargs.get(k) is not None)
+        if per_request:
+            raise ValueError(f"{', '.join(per_request)}: a per-request setting, pass it to add_request")
         options = resolve_engine_options(model, generation_config, **{k: kwargs.pop(k, None) for k in ENGINE_DEFAULTS})
         config, unused = prepare_generation_config(model, generation_config, {"do_sample": False, **kwargs})
         unused = sorted(k for k, v in unused.items() if v is not None)
@@ -99,6 +109,7 @@ class ContinuousEngine:
         self.model, self.tokenizer, self.max_running = model, tokenizer, max_running
         self.engine = MultiverseEngine(model, tokenizer, config, LogitsProcessorList(), StoppingCriteriaList(), options)
         self.engine.compact = True
+        self.engine.share_prefill = True
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.lock = threading.Lock()  # guards `waiting` (add_request may run on another thread)
@@ -154,9 +165,18 @@ class ContinuousEngine:
             self.waiting.append(request)
         return request
 
-    def cancel(self, request: Request) -> None:
-        """The request leaves at the next step (its stream ends there); a finished one is left as it is."""
-        request.cancelled = True
+    def cancel(self, request: Request) -> bool:
+        """A waiting request leaves at once (True: it is finished now, its stream ended); a running one at the
+        next step (its stream ends there, `step()` returns it); a finished one is left as it is."""
+        with self.lock:
+            request.cancelled = True
+            waiting = request in self.waiting
+            if waiting:
+                self.waiting.remove(request)
+                request.finished = True
+        if waiting:
+            request.seq.stream.end()
+        return waiting
 
     def step(self) -> list[Request]:
         """Admit waiting requests, run one forward pass, retire: the requests that finished (or left) now."""
@@ -165,14 +185,16 @@ class ContinuousEngine:
             request.seq.cancelled = request.cancelled
         with torch.no_grad(), engine_attention(self.model):
             stepped = self.engine.step()
-        if not stepped and any(not (r.cancelled or r.seq.done) for r in self.running):
+        # what the engine saw, not `request.cancelled`: a cancel that lands during the step leaves at the next one
+        if not stepped and any(not (r.seq.cancelled or r.seq.done) for r in self.running):
             raise RuntimeError("internal error: running requests with nothing to feed")
-        finished = [r for r in self.running if r.cancelled or r.seq.done]
+        finished = [r for r in self.running if r.seq.cancelled or r.seq.done]
         for request in finished:
             request.finished = True
             seq = request.seq
             request.stats = {"generated_tokens": seq.generated, "closing_tokens": seq.closing_tokens,
-                             "decode_steps": seq.steps, "parallelism": seq.generated / max(seq.steps, 1)}
+                             "decode_steps": seq.steps, "parallelism": seq.generated / max(seq.steps, 1),
+                             "blocks": block_stats(self.engine, seq)}
             seq.stream.end()
         self.running = [r for r in self.running if not r.finished]
         return finished
@@ -187,15 +209,10 @@ class ContinuousEngine:
         return {"running": len(self.running), "waiting": len(self.waiting), **self.engine.stats()}
 
     def _admit(self) -> None:
-        """Waiting requests join in arrival order while there is room; a cancelled one leaves unrun."""
+        """Waiting requests join in arrival order while there is room (a cancelled one left the queue at once)."""
         with self.lock:
             while self.waiting and len(self.running) < self.max_running:
                 request = self.waiting[0]
-                if request.cancelled:
-                    self.waiting.popleft()
-                    request.finished = True
-                    request.seq.stream.end()
-                    continue
                 if request.seq.prompt_structure is not None and self.running:
                     return  # a prompt that holds blocks joins an idle engine (its SPEC.md §4 prefill)
                 self.waiting.popleft()

@@ -1,22 +1,21 @@
 """`multiverse serve --model DIR`: an OpenAI-compatible chat server that decodes with fork/merge.
 
 `POST /v1/chat/completions` (streamed as server-sent events, or one JSON object), `GET /v1/models`,
-`GET /health`. Every request goes through `model.generate()` (the Multiverse engine); a streamed answer
-is the canonical response as it becomes final (`modeling_multiverse/streaming.py`), so its chunks
-concatenate to the text a non-streamed request returns.
+`GET /health`. Every request joins one running Multiverse engine (`modeling_multiverse.serving.ContinuousEngine`,
+SPEC.md §8), driven by one stepping thread: a request that arrives while others decode is prefilled at the next
+step and then decodes beside them, and a finished one leaves at once. A streamed answer is the canonical response
+as it becomes final (`modeling_multiverse/streaming.py`), so its chunks concatenate to the text a non-streamed
+request returns; in fp32 with greedy decoding it is the text the request gets alone, whatever else runs.
 
-Admission (`Scheduler`): at most `--max-running` requests are decoded at once, as the rows of one batched
-`generate()` call; at most `--max-waiting` more wait, and past that a request is refused at once with 503 and
-`Retry-After`. Waiting requests with the same generation parameters (greedy or unseeded sampling, same
-budget and stop strings) form the next batch, oldest first. A batch is static until the engine admits
-requests into a running batch (issue 22): a request that arrives while a batch decodes waits for it to end.
-A client that disconnects while waiting leaves the queue at once; one that disconnects while its row decodes
-gets nothing more, and the batch stops at the next decode step once every row's client has left.
-`GET /health` reports the counts, recent tokens/s, the last batch's cache length, RSS and the precision.
+Admission (`EngineLoop`): at most `--max-running` requests decode at once; at most `--max-waiting` more wait,
+and past that a request is refused at once with 503 and `Retry-After`. A client that disconnects leaves the
+queue at once, or the engine at its next step. `n > 1` adds n requests with one prompt, admitted together:
+they share its prefill, each with its own seed (`seed + i`). `GET /health` reports running and waiting
+requests, the counts, recent tokens/s, the engine's cache use, RSS and the precision.
 
 The content is the response with its tags (`<Think>`, `<Parallel>`, `<Path>`, ...), eos removed. The
 non-streamed answer, and the last chunk of a streamed one, also carry the engine's numbers under
-`"multiverse"`: decode steps, degree of parallelism, blocks.
+`"multiverse"`: decode steps, degree of parallelism, blocks (a list of those, one per choice, when n > 1).
 
 Why not `transformers serve`: its loader looks the architecture up by name in the `transformers`
 package (`getattr(transformers, config.architectures[0])`), which fails for any remote-code model
@@ -45,41 +44,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
-class Cancelled(Exception):
-    """Raised inside `generate()` (from the streamer) when the client went away."""
+class TextStream:
+    """A request's streamer (transformers' put/end): the canonical token stream in, text deltas out to `emit`.
 
+    The first `put` is the prompt (skipped); eos and other `skip_ids` are left out of the text.
+    """
 
-class QueueStreamer:
-    """put/end streamer that turns the canonical token stream into text deltas on an asyncio queue."""
-
-    def __init__(self, tokenizer, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, skip_ids: set[int]):
+    def __init__(self, tokenizer, skip_ids: set[int], emit: Callable[[str], None]):
         self.tokenizer = tokenizer
-        self.loop = loop
-        self.queue = queue
         self.skip_ids = skip_ids
+        self.emit = emit
         self.ids: list[int] = []
         self.sent = ""
         self.prompt_seen = False
-        self.cancelled = threading.Event()
 
     def put(self, value) -> None:
-        if self.cancelled.is_set():
-            raise Cancelled()
-        if not self.prompt_seen:  # the first put is the prompt
+        if not self.prompt_seen:
             self.prompt_seen = True
             return
         self.ids.extend(t for t in value.reshape(-1).tolist() if t not in self.skip_ids)
         text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return  # an incomplete UTF-8 character: wait for the rest of it
-        if len(text) > len(self.sent):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, text[len(self.sent) :])
-            self.sent = text
+        if not text.endswith("\ufffd"):  # else an incomplete UTF-8 character: wait for the rest of it
+            self._send(text)
 
     def end(self) -> None:
-        text = self.tokenizer.decode(self.ids)
-        if len(text) > len(self.sent):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, text[len(self.sent) :])
+        self._send(self.tokenizer.decode(self.ids))
+
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.emit(text[len(self.sent) :])
             self.sent = text
 
 
@@ -95,10 +88,14 @@ class Overloaded(Exception):
         self.retry_after = retry_after
 
 
+MAX_CHOICES = 16
+"""The most answers (`n`) one request may ask for."""
+
+
 def check_body(body: object) -> dict:
     """The request body as a dict, its sampling fields checked; `BadRequest` with one line otherwise.
 
-    What `generate()` would refuse only once its batch runs is refused here, so one bad request never
+    What the engine would refuse only once the request runs is refused here, so one bad request never
     fails the others decoded beside it.
     """
     if not isinstance(body, dict):
@@ -109,6 +106,8 @@ def check_body(body: object) -> dict:
             raise BadRequest(f"'{name}' must be an integer, got {value!r}")
         if value is not None and name != "seed" and value < 1:
             raise BadRequest(f"'{name}' must be a positive integer, got {value!r}")
+    if body.get("n", 1) > MAX_CHOICES:
+        raise BadRequest(f"'n' must be at most {MAX_CHOICES}, got {body['n']}")
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -128,137 +127,29 @@ def check_body(body: object) -> dict:
     return body
 
 
-def batch_key(kwargs: dict, token: object) -> tuple:
-    """Requests with equal keys may share one batched `generate()` call.
-
-    A seeded request (`token`: something unique to it) is decoded alone, so its seed reproduces it.
-    """
-    if kwargs.get("seed") is not None:
-        return ("alone", id(token))
-    stop = tuple(kwargs.get("stop_strings") or ())
-    return (kwargs["max_new_tokens"], kwargs["do_sample"], kwargs.get("temperature"), kwargs.get("top_p"), stop)
-
-
-class _Node:
-    """A branch of one row, for putting `branch_callback` events back into canonical order."""
-
-    __slots__ = ("blocks", "cursor", "done", "items")
-
-    def __init__(self):
-        self.items: list = []  # token ids and _Block markers, in the branch's own order
-        self.blocks: list[_Block] = []
-        self.cursor = 0
-        self.done = False
-
-
-class _Block:
-    __slots__ = ("children", "cursor", "expected")
-
-    def __init__(self, expected: int):
-        self.children: list[_Node] = []
-        self.expected = expected
-        self.cursor = 0
-
-
-def _drain(node: _Node, out: list[int]) -> bool:
-    """Append to `out` what became final under `node` (paths in label order); True once it is all out."""
-    while node.cursor < len(node.items):
-        item = node.items[node.cursor]
-        if isinstance(item, _Block):
-            while item.cursor < len(item.children) and _drain(item.children[item.cursor], out):
-                item.cursor += 1
-            if item.cursor < item.expected:
-                return False
-        else:
-            out.append(item)
-        node.cursor += 1
-    return node.done
-
-
-class RowStream:
-    """One row of a batched `generate()`: its `BranchEvent`s in, its canonical text out as deltas.
-
-    The same order as `streamer=` gives a single prompt (`modeling_multiverse/streaming.py`): the trunk
-    live, path k once paths 1..k-1 are done, the conclusion after the last path; so the deltas concatenate
-    to the row's final text. `emit(text)` receives each delta.
-    """
-
-    def __init__(self, tokenizer, skip_ids: set[int], emit: Callable[[str], None]):
-        self.tokenizer = tokenizer
-        self.skip_ids = skip_ids
-        self.emit = emit
-        self.root = _Node()
-        self.nodes: dict[tuple, _Node] = {(): self.root}
-        self.ids: list[int] = []
-        self.sent = ""
-
-    def _node(self, index: tuple) -> _Node:
-        node = self.nodes.get(index)
-        if node is None:  # the first event of a path: place it (and any earlier sibling not started yet)
-            parent = self._node(index[:-1])
-            block_number, position = index[-1]
-            block = parent.blocks[block_number]
-            while len(block.children) <= position:
-                child = _Node()
-                self.nodes[index[:-1] + ((block_number, len(block.children)),)] = child
-                block.children.append(child)
-            node = self.nodes[index]
-        return node
-
-    def event(self, event) -> None:
-        node = self._node(event.index)
-        if event.kind == "fork":
-            block = _Block(len(event.labels))
-            node.items.append(block)
-            node.blocks.append(block)
-        elif event.kind == "tokens":
-            node.items.extend(event.token_ids)
-        elif event.kind == "done":
-            node.done = True
-        self._flush()
-
-    def _flush(self) -> None:
-        out: list[int] = []
-        _drain(self.root, out)
-        self.ids.extend(t for t in out if t not in self.skip_ids)
-        if out:
-            self._send(self.tokenizer.decode(self.ids))
-
-    def _send(self, text: str) -> None:
-        if text.endswith("\ufffd"):
-            return  # an incomplete UTF-8 character: wait for the rest of it
-        if len(text) > len(self.sent) and text.startswith(self.sent):
-            self.emit(text[len(self.sent) :])
-            self.sent = text
-
-    def finish(self, text: str) -> None:
-        """The row's final text: whatever of it was not streamed yet goes out now."""
-        if text.startswith(self.sent):
-            if len(text) > len(self.sent):
-                self.emit(text[len(self.sent) :])
-            self.sent = text
-
-
 @dataclass(eq=False)
 class Job:
-    """One request between the HTTP handler (event loop) and the inference thread."""
+    """One chat request between the HTTP handler (event loop) and the stepping thread: its `n` engine requests.
 
-    kwargs: dict
+    `queue` (streamed requests) receives `(choice, text delta)` pairs, then None; `future` the outcome
+    (`{"kind": "completed", "choices": [...]}`, or `cancelled`/`failed` with a `message`).
+    """
+
+    params: dict
     loop: asyncio.AbstractEventLoop
-    stream: bool
     future: asyncio.Future
-    queue: asyncio.Queue | None = None  # text deltas, then None (streamed requests)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    key: tuple = ()
-    state: str = "waiting"  # waiting, running, finished
+    queue: asyncio.Queue | None = None
+    requests: list = field(default_factory=list)  # `serving.Request`s, one per choice
+    cancelled: bool = False
+    resolved: bool = False
+    submitted: float = field(default_factory=time.monotonic)
 
-    def deliver(self, text: str | None) -> None:
+    def deliver(self, item) -> None:
         if self.queue is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
     def resolve(self, outcome: dict) -> None:
-        """Hand the outcome ({"kind": completed|cancelled|failed, ...}) to the handler; the stream ends first."""
-        self.state = "finished"
+        """Hand the outcome to the handler; the stream ends first."""
         self.deliver(None)
 
         def settle() -> None:
@@ -271,79 +162,80 @@ class Job:
             pass
 
 
-class Scheduler:
-    """Admission control and the inference thread: who decodes now, who waits, who is refused.
+class EngineLoop:
+    """Admission control and the stepping thread around one `ContinuousEngine`.
 
-    - `submit(job)`: the job waits, or `Overloaded` when `max_waiting` jobs already wait (while the
-      thread is idle, up to `max_running` more are taken at once, so an idle server never refuses).
-    - The thread takes the oldest waiting job and the waiting jobs that share its `batch_key`, up to
-      `max_running` rows, and decodes them in one `generate()` call; the call ends when its last row does.
-      Right after a batch, while fewer than `max_running` wait, it waits up to `batch_window_s` (counted
-      from that batch's end) for more: the clients it just answered come back at once, and without the
-      window a closed loop of C clients settles into alternating batches of 1 and C - 1. A request that
-      finds the server idle starts at once.
-    - `cancel(job)`: a waiting job leaves the queue at once; a running one gets nothing more, and the
-      call stops at the next decode step once every job in it is cancelled.
+    - `submit(job)`: the job's requests join the engine's queue, or `Overloaded` when they would make more
+      than `max_waiting` wait beyond the free running slots (an idle server never refuses).
+    - The thread steps the engine while anything runs or waits, and sleeps otherwise (`submit` wakes it).
+      Each finished request settles its job once all of the job's requests are done.
+    - `cancel(job)`: its waiting requests leave the queue at once, its running ones at the next step.
 
-    This is the seam for the engine's admission (issue 22): `_run_batch` becomes "add the requests to the
-    running engine", and a cancelled row leaves at its next step instead of when its batch does.
-
-    Why one thread with batches, not N threads each calling `generate()`: batching is what the engine is
-    built for (static batches of 8 gave 4.2x the one-at-a-time throughput on 2 dedicated cores, issue 22),
-    and it is the shape engine admission will take; threads would share mutable state (`engine_attention`
-    sets the shared `config._attn_implementation` for the length of a call). On a starved shared CPU, threads
-    measured faster (README, Serve); that is a reason to rerun on dedicated cores, not to serve that way.
+    One thread, because the engine is one batch: every step is one forward pass over all running requests.
     """
 
     TOKENS_WINDOW_S = 10.0
 
-    def __init__(self, server: ChatServer, max_running: int = 4, max_waiting: int = 32, batch_window_s: float = 0.05):
-        if max_running < 1 or max_waiting < 0 or batch_window_s < 0:
-            raise ValueError(
-                f"max_running must be >= 1, max_waiting and batch_window_s >= 0; got {max_running}, {max_waiting}, "
-                f"{batch_window_s}"
-            )
+    def __init__(self, server: ChatServer, max_running: int = 8, max_waiting: int = 32):
+        if max_running < 1 or max_waiting < 0:
+            raise ValueError(f"max_running must be >= 1 and max_waiting >= 0; got {max_running}, {max_waiting}")
         self.server = server
-        self.batch_window_s = batch_window_s
-        self.last_end = -math.inf  # when the last batch ended
         self.max_running = max_running
         self.max_waiting = max_waiting
-        self.lock = threading.Condition()
-        self.waiting: deque[Job] = deque()
-        self.running: list[Job] = []
+        self.engine = self._new_engine()
+        self.lock = threading.Condition()  # guards the jobs, the counts and the snapshot; wakes the thread
+        self.jobs: dict[int, Job] = {}  # request id -> its job
         self.counts = {"completed": 0, "cancelled": 0, "failed": 0, "rejected": 0, "invalid": 0}
-        self.batches = 0
-        self.largest_batch = 0
-        self.batch_seconds = 0.0  # running mean, for Retry-After
-        self.cache_tokens: int | None = None
+        self.most_running = 0
+        self.request_seconds = 0.0  # running mean of a request's time in the engine, for Retry-After
+        self.finished_requests = 0
         self.tokens: deque[tuple[float, int]] = deque()
-        self.thread = threading.Thread(target=self._loop, name="multiverse-generate", daemon=True)
+        self.snapshot = {"running": 0, "waiting": 0, **self.engine.engine.stats()}
+        self.thread = threading.Thread(target=self._loop, name="multiverse-engine", daemon=True)
         self.thread.start()
+
+    def _new_engine(self):
+        from modeling_multiverse.serving import ContinuousEngine
+
+        return ContinuousEngine(self.server.model, self.server.tokenizer, max_running=self.max_running)
 
     # -- the event loop's side --------------------------------------------------------------------
     def submit(self, job: Job) -> None:
+        server, params = self.server, job.params
         with self.lock:
-            limit = self.max_waiting + (0 if self.running else self.max_running)
-            if len(self.waiting) >= limit:
+            engine = self.engine
+            free = self.max_running - len(engine.running)
+            if len(engine.waiting) + params["n"] > self.max_waiting + max(free, 0):
                 self.counts["rejected"] += 1
-                retry = max(1, math.ceil(self.batch_seconds))
+                retry = max(1, math.ceil(self.request_seconds * (len(engine.waiting) + 1) / self.max_running))
                 raise Overloaded(
-                    f"server busy: {len(self.running)} running, {len(self.waiting)} waiting "
+                    f"server busy: {len(engine.running)} running, {len(engine.waiting)} waiting "
                     f"(--max-running {self.max_running}, --max-waiting {self.max_waiting}); retry in {retry} s",
                     retry,
                 )
-            self.waiting.append(job)
+            seed = params["seed"]
+            for choice in range(params["n"]):
+                stream = None
+                if job.queue is not None:
+                    stream = TextStream(server.tokenizer, server.eos_ids, lambda text, c=choice: job.deliver((c, text)))
+                request = engine.add_request(
+                    params["input_ids"], max_new_tokens=params["max_new_tokens"], do_sample=params["do_sample"],
+                    temperature=params.get("temperature"), top_p=params.get("top_p"),
+                    seed=None if seed is None else seed + choice, stop_strings=params.get("stop_strings"),
+                    logits_processor=server.logits_processor, streamer=stream,
+                )
+                job.requests.append(request)
+                self.jobs[request.id] = job
             self.lock.notify()
 
     def cancel(self, job: Job) -> None:
-        """The client went away."""
-        job.cancelled.set()
+        """The client went away: its requests leave (waiting ones at once, running ones at the next step)."""
         with self.lock:
-            if job.state != "waiting":
-                return  # running: the batch drops it; finished: nothing to do
-            self.waiting.remove(job)
-            self.counts["cancelled"] += 1
-        job.resolve({"kind": "cancelled"})
+            job.cancelled = True
+            for request in job.requests:
+                if self.engine.cancel(request):
+                    self.jobs.pop(request.id, None)
+            self._settle(job)
 
     def count(self, name: str) -> None:
         with self.lock:
@@ -356,108 +248,75 @@ class Scheduler:
                 self.tokens.popleft()
             recent = sum(n for _, n in self.tokens)
             return {
-                "running": len(self.running),
-                "waiting": len(self.waiting),
+                **self.snapshot,
                 **self.counts,
                 "max_running": self.max_running,
                 "max_waiting": self.max_waiting,
-                "batch_window_ms": round(self.batch_window_s * 1000),
-                "batches": self.batches,
-                "largest_batch": self.largest_batch,
+                "most_running": self.most_running,
                 "tokens_per_s": round(recent / self.TOKENS_WINDOW_S, 2),
                 "tokens_per_s_window_s": self.TOKENS_WINDOW_S,
-                "last_batch_cache_tokens": self.cache_tokens,
             }
 
-    # -- the inference thread -----------------------------------------------------------------------
+    # -- the stepping thread ----------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self.lock:
-                while not self.waiting:
+                while not (self.engine.running or self.engine.waiting):
                     self.lock.wait()
-                # Closed-loop clients of the batch that just ended send their next requests within moments:
-                # wait for them (until `batch_window_s` after that end) rather than run a batch of one.
-                deadline = self.last_end + self.batch_window_s
-                while len(self.waiting) < self.max_running and (left := deadline - time.monotonic()) > 0:
-                    self.lock.wait(left)
-                head = self.waiting[0]
-                batch = [job for job in self.waiting if job.key == head.key][: self.max_running]
-                for job in batch:
-                    self.waiting.remove(job)
-                    job.state = "running"
-                self.running = batch
-                self.batches += 1
-                self.largest_batch = max(self.largest_batch, len(batch))
-            start = time.monotonic()
+                engine = self.engine
+                before = sum(r.seq.generated for r in engine.running)
             try:
-                self._run_batch(batch)
-            except Exception as err:  # noqa: BLE001 (a bug outside generate() fails its batch, not the thread)
-                for job in batch:
-                    if job.state != "finished":
-                        self.count("failed")
-                        job.resolve({"kind": "failed", "message": f"serving failed: {err}"})
-            finally:
-                with self.lock:
-                    self.running = []
-                    self.last_end = time.monotonic()
-                    self.batch_seconds += (time.monotonic() - start - self.batch_seconds) / min(self.batches, 8)
+                finished = engine.step()
+            except Exception as err:  # noqa: BLE001 (a failed step fails what it held, not the server)
+                self._fail(engine, err)
+                continue
+            now = time.monotonic()
+            with self.lock:
+                generated = sum(r.seq.generated for r in engine.running + finished) - before
+                self.tokens.append((now, generated))
+                while self.tokens[0][0] < now - self.TOKENS_WINDOW_S:  # bounded, /health polled or not
+                    self.tokens.popleft()
+                self.most_running = max(self.most_running, len(engine.running) + len(finished))
+                for request in finished:
+                    job = self.jobs.pop(request.id, None)
+                    self.finished_requests += 1
+                    weight = min(self.finished_requests, 16)
+                    if job is not None:
+                        self.request_seconds += (now - job.submitted - self.request_seconds) / weight
+                        self._settle(job)
+                self.snapshot = engine.stats()
 
-    def _run_batch(self, batch: list[Job]) -> None:
-        import torch
+    def _settle(self, job: Job) -> None:
+        """Once every request of `job` is finished: count it and hand its outcome over (under the lock)."""
+        if job.resolved or not all(r.finished for r in job.requests):
+            return
+        job.resolved = True
+        if job.cancelled:
+            self.counts["cancelled"] += 1
+            job.resolve({"kind": "cancelled"})
+            return
+        self.counts["completed"] += 1
+        job.resolve({"kind": "completed", "choices": [self.server.summary(job.params, r) for r in job.requests]})
 
-        server = self.server
-        prompts = [job.kwargs["input_ids"][0] for job in batch]
-        width = max(len(p) for p in prompts)
-        pad = server.pad_id
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding: every response starts at column `width`
-            input_ids[row, width - len(prompt) :] = prompt
-            mask[row, width - len(prompt) :] = 1
-        rows = [RowStream(server.tokenizer, server.eos_ids, job.deliver) for job in batch]
-
-        def on_event(event) -> None:
-            if all(job.cancelled.is_set() for job in batch):
-                raise Cancelled()
-            if event.kind == "tokens":
-                now = time.monotonic()
-                with self.lock:
-                    self.tokens.append((now, len(event.token_ids)))
-                    while self.tokens[0][0] < now - self.TOKENS_WINDOW_S:  # bounded, /health polled or not
-                        self.tokens.popleft()
-            job = batch[event.row]
-            if job.stream and not job.cancelled.is_set():
-                rows[event.row].event(event)
-
-        kwargs = {**batch[0].kwargs, "input_ids": input_ids, "attention_mask": mask}
-        try:
-            out = server.generate(kwargs, branch_callback=on_event)
-        except Cancelled:
-            outcomes = [{"kind": "cancelled"}] * len(batch)
-        except Exception as err:  # noqa: BLE001 (each request of the batch answers with the one line)
-            outcomes = [{"kind": "failed", "message": f"generation failed: {err}"}] * len(batch)
-        else:
-            self.cache_tokens = getattr(out, "cache_tokens", None)
-            outcomes = []
-            for row, job in enumerate(batch):
-                result = server.summary(job.kwargs, out, row, width)
-                if job.cancelled.is_set():
-                    outcomes.append({"kind": "cancelled"})
-                    continue
-                if job.stream:
-                    rows[row].finish(result["text"])
-                outcomes.append({"kind": "completed", **result})
+    def _fail(self, engine, err: Exception) -> None:
+        """A step raised: every request the engine held fails with the one line; a fresh engine takes over."""
+        message = f"generation failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
         with self.lock:
-            for outcome in outcomes:
-                self.counts[outcome["kind"]] += 1
-        for job, outcome in zip(batch, outcomes):
-            job.resolve(outcome)
+            self.engine = self._new_engine()
+            jobs = {id(job): job for job in self.jobs.values()}
+            self.jobs.clear()
+            for job in jobs.values():
+                if not job.resolved:
+                    job.resolved = True
+                    self.counts["failed"] += 1
+                    job.resolve({"kind": "failed", "message": message})
+            self.snapshot = {"running": 0, "waiting": 0, **self.engine.engine.stats()}
 
 
 class ChatServer:
-    """The model, its tokenizer, and the `Scheduler` (admission, the inference thread, the counters).
+    """The model, its tokenizer, and the `EngineLoop` (admission, the stepping thread, the counters).
 
-    `logits_processor` (optional) is passed to every `generate()` call, e.g. to force a structure.
+    `logits_processor` (optional) is given to every request, e.g. to force a structure.
     `precision` (optional): what /health reports about the dtype the model was loaded in.
     """
 
@@ -468,10 +327,9 @@ class ChatServer:
         model_id: str,
         logits_processor=None,
         max_new_tokens: int = 512,
-        max_running: int = 4,
+        max_running: int = 8,
         max_waiting: int = 32,
         precision: dict | None = None,
-        batch_window_s: float = 0.05,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -481,89 +339,67 @@ class ChatServer:
         eos = model.generation_config.eos_token_id
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         self.eos_ids = set(eos) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = 0 if pad is None else pad  # masked out: the engine never reads padding
-        fill = model.generation_config.pad_token_id
-        self.fill_id = fill if fill is not None else min(self.eos_ids, default=0)  # pads the engine's short rows
         self.precision = precision or {"precision": str(model.dtype).removeprefix("torch.")}
-        self.scheduler = Scheduler(self, max_running, max_waiting, batch_window_s)
+        self.engine = EngineLoop(self, max_running, max_waiting)
 
     # -- one request --------------------------------------------------------------------------------
-    def generation_kwargs(self, body: dict) -> dict:
+    def request_params(self, body: dict) -> dict:
+        """The engine's parameters for a checked body: prompt ids, budget, sampling, stop strings, n, seed."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("'messages' must be a non-empty list of {role, content}")
-        if body.get("n", 1) != 1:
-            raise BadRequest("'n' must be 1: one answer per request")
         for message in messages:
             if not isinstance(message, dict) or not isinstance(message.get("content"), str):
                 raise BadRequest("each message needs a string 'content' (text only)")
+        n = body.get("n", 1)
+        if n > self.engine.max_running:
+            raise BadRequest(f"'n' must be at most --max-running ({self.engine.max_running}), got {n}")
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or self.max_new_tokens
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise BadRequest(f"'max_tokens' must be a positive integer, got {max_tokens!r}")
         temperature = float(body.get("temperature") if body.get("temperature") is not None else 0.0)
-        kwargs = {"max_new_tokens": max_tokens, "do_sample": temperature > 0}
+        params = {"max_new_tokens": max_tokens, "do_sample": temperature > 0, "n": n, "seed": body.get("seed")}
         if temperature > 0:
-            kwargs["temperature"] = temperature
+            params["temperature"] = temperature
             if body.get("top_p") is not None:
-                kwargs["top_p"] = float(body["top_p"])
+                params["top_p"] = float(body["top_p"])
         if body.get("stop"):
-            kwargs["stop_strings"] = [body["stop"]] if isinstance(body["stop"], str) else list(body["stop"])
-        import torch
-
+            params["stop_strings"] = [body["stop"]] if isinstance(body["stop"], str) else list(body["stop"])
         from modeling_multiverse import encode_chat
 
         # what people wrote is text: a tag typed in a message is not structure
-        ids = encode_chat(self.tokenizer, [{"role": m.get("role", "user"), "content": m["content"]} for m in messages])
-        # with its mask: transformers warns that it cannot infer one when pad and eos are the same token
-        mask = torch.ones(1, len(ids), dtype=torch.long)
-        return {"input_ids": torch.tensor([ids]), "attention_mask": mask, **kwargs, "seed": body.get("seed")}
+        roles = [{"role": m.get("role", "user"), "content": m["content"]} for m in messages]
+        params["input_ids"] = encode_chat(self.tokenizer, roles)
+        if not params["input_ids"]:
+            raise BadRequest("the messages render to an empty prompt")
+        return params
 
-    def generate(self, kwargs: dict, streamer=None, branch_callback=None):
-        """Runs on the inference thread: one `generate()` call (one prompt, or a batch with `attention_mask`)."""
-        import torch
-
-        kwargs = dict(kwargs)
-        seed = kwargs.pop("seed")
-        if seed is not None:
-            torch.manual_seed(int(seed))
-        if self.logits_processor is not None:
-            kwargs["logits_processor"] = self.logits_processor
-        return self.model.generate(
-            **kwargs,
-            tokenizer=self.tokenizer,
-            streamer=streamer,
-            branch_callback=branch_callback,
-            return_dict_in_generate=True,
-        )
-
-    def summary(self, kwargs: dict, out, row: int = 0, width: int | None = None) -> dict:
-        """Row `row` of a `generate()` output whose prompts were `width` columns wide: text, usage, stats, finish."""
-        prompt_tokens = kwargs["input_ids"].shape[1]
-        start = prompt_tokens if width is None else width
-        completion = out.generated_tokens[row] + out.closing_tokens[row]
-        ids = out.sequences[row, start:].tolist()
+    def summary(self, params: dict, request) -> dict:
+        """A finished `serving.Request` as one choice: text, token counts, the engine's numbers, finish reason."""
+        ids = request.response_ids
         ids = ids[: next((i for i, t in enumerate(ids) if t in self.eos_ids), len(ids))]  # eos ends a response
-        while ids and ids[-1] == self.fill_id and len(ids) > completion:  # a shorter row of a batch: padding
-            ids.pop()
-        usage = {
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion
+        stats = request.stats
+        return {
+            "text": self.tokenizer.decode(ids),
+            "completion_tokens": stats["generated_tokens"] + stats["closing_tokens"],
+            "stats": {
+                "decode_steps": stats["decode_steps"],
+                "parallelism": round(stats["parallelism"], 4),
+                "blocks": stats["blocks"],
+            },
+            "finish": "length" if stats["generated_tokens"] >= params["max_new_tokens"] else "stop",
         }
-        stats = {
-            "decode_steps": out.decode_steps[row],
-            "parallelism": round(out.parallelism[row], 4),
-            "blocks": out.blocks[row],
-        }
-        finish = "length" if out.generated_tokens[row] >= kwargs["max_new_tokens"] else "stop"
-        return {"text": self.tokenizer.decode(ids), "usage": usage, "stats": stats, "finish": finish}
 
-    def chunk(self, request_id: str, created: int, delta: dict, finish=None, **extra) -> str:
+    def usage(self, params: dict, choices: list[dict]) -> dict:
+        prompt = len(params["input_ids"])
+        completion = sum(c["completion_tokens"] for c in choices)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def chunk(self, request_id: str, created: int, choices: list[dict], **extra) -> str:
         body = {
             "id": request_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": self.model_id,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": choices,
             **extra,
         }
         return f"data: {json.dumps(body)}\n\n"
@@ -588,20 +424,19 @@ def build_app(server: ChatServer):
     from fastapi.responses import JSONResponse, StreamingResponse
 
     app = FastAPI(title="multiverse serve")
-    scheduler = server.scheduler
+    loop_ = server.engine
 
     def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
+    def numbers(choices: list[dict]):
+        """The engine's numbers: one choice's dict, or a list of them when n > 1."""
+        return choices[0]["stats"] if len(choices) == 1 else [c["stats"] for c in choices]
+
     @app.get("/health")
     def health():
-        return {
-            "status": "ok",
-            "model": server.model_id,
-            **scheduler.health(),
-            "rss_mb": _rss_mb(),
-            "precision": server.precision,
-        }
+        return {"status": "ok", "model": server.model_id, **loop_.health(), "rss_mb": _rss_mb(),
+                "precision": server.precision}
 
     @app.get("/v1/models")
     def models():
@@ -611,18 +446,17 @@ def build_app(server: ChatServer):
     async def chat_completions(request):
         try:
             body = check_body(await request.json())
-            kwargs = server.generation_kwargs(body)
+            params = server.request_params(body)
         except (BadRequest, ValueError, TypeError, json.JSONDecodeError) as err:
-            scheduler.count("invalid")
+            loop_.count("invalid")
             return error(400, str(err).splitlines()[0] if str(err) else type(err).__name__, "invalid_request_error")
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         loop = asyncio.get_running_loop()
         stream = bool(body.get("stream"))
-        job = Job(kwargs, loop, stream, loop.create_future(), asyncio.Queue() if stream else None)
-        job.key = batch_key(kwargs, job)
+        job = Job(params, loop, loop.create_future(), asyncio.Queue() if stream else None)
         try:
-            scheduler.submit(job)
+            loop_.submit(job)
         except Overloaded as err:
             return error(503, str(err), "server_overloaded", {"Retry-After": str(err.retry_after)})
 
@@ -631,43 +465,52 @@ def build_app(server: ChatServer):
                 while not job.future.done():  # poll for a client that went away, then stop its work
                     await asyncio.wait([job.future], timeout=0.5)
                     if not job.future.done() and await request.is_disconnected():
-                        scheduler.cancel(job)
+                        loop_.cancel(job)
                         return error(499, "client closed the request", "cancelled")
             except asyncio.CancelledError:
-                scheduler.cancel(job)
+                loop_.cancel(job)
                 raise
             outcome = job.future.result()
             if outcome["kind"] != "completed":
                 return error(500, outcome.get("message", "generation cancelled"), "server_error")
+            choices = outcome["choices"]
             return {
                 "id": request_id,
                 "object": "chat.completion",
                 "created": created,
                 "model": server.model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": outcome["text"]},
-                             "finish_reason": outcome["finish"]}],
-                "usage": outcome["usage"],
-                "multiverse": outcome["stats"],
+                "choices": [
+                    {"index": i, "message": {"role": "assistant", "content": c["text"]}, "finish_reason": c["finish"]}
+                    for i, c in enumerate(choices)
+                ],
+                "usage": server.usage(params, choices),
+                "multiverse": numbers(choices),
             }
 
         async def events():
             finished = False
             try:
-                yield server.chunk(request_id, created, {"role": "assistant", "content": ""})
-                while (text := await job.queue.get()) is not None:
-                    yield server.chunk(request_id, created, {"content": text})
+                opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                           for i in range(params["n"])]
+                yield server.chunk(request_id, created, opening)
+                while (item := await job.queue.get()) is not None:
+                    index, text = item
+                    yield server.chunk(request_id, created, [{"index": index, "delta": {"content": text},
+                                                              "finish_reason": None}])
                 outcome = await job.future
                 finished = True
                 if outcome["kind"] != "completed":  # the stream ends with the error's one line
                     message = outcome.get("message", "generation cancelled")
                     yield f"data: {json.dumps({'error': {'message': message}})}\n\n"
                     return
-                usage, stats = outcome["usage"], outcome["stats"]
-                yield server.chunk(request_id, created, {}, outcome["finish"], usage=usage, multiverse=stats)
+                choices = outcome["choices"]
+                closing = [{"index": i, "delta": {}, "finish_reason": c["finish"]} for i, c in enumerate(choices)]
+                yield server.chunk(request_id, created, closing, usage=server.usage(params, choices),
+                                   multiverse=numbers(choices))
                 yield "data: [DONE]\n\n"
             finally:
-                if not finished:  # the client went away: leave the queue, or stop decoding for it
-                    scheduler.cancel(job)
+                if not finished:  # the client went away: leave the queue, or the engine at its next step
+                    loop_.cancel(job)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -699,10 +542,9 @@ def serve(
     port: int = 8000,
     logits_processor=None,
     max_new_tokens: int = 512,
-    max_running: int = 4,
+    max_running: int = 8,
     max_waiting: int = 32,
     precision: str = "auto",
-    batch_window_ms: int = 50,
 ) -> None:
     """Load `model_dir` in `precision` (auto|fp32|bf16) and answer on http://host:port/v1 until interrupted."""
     import uvicorn
@@ -714,7 +556,6 @@ def serve(
     server = ChatServer(
         model, tokenizer, model_id=model_dir, logits_processor=logits_processor, max_new_tokens=max_new_tokens,
         max_running=max_running, max_waiting=max_waiting, precision=choice.as_dict(),
-        batch_window_s=batch_window_ms / 1000,
     )
     print(
         f"multiverse serve: {model_dir} on http://{host}:{port}/v1 ({choice.name}: {choice.reason}; "
@@ -754,16 +595,12 @@ def main(argv: list[str] | None = None) -> int:
         "--max-new-tokens", type=_count(1), default=512, help="budget when a request sets no max_tokens"
     )
     parser.add_argument(
-        "--max-running", type=_count(1), default=4,
-        help="requests decoded at once, as the rows of one batched generate() (default 4)",
+        "--max-running", type=_count(1), default=8,
+        help="requests decoded at once, each step one forward pass over all of them (default 8)",
     )
     parser.add_argument(
         "--max-waiting", type=_count(0), default=32,
         help="requests that may wait beyond those; past that a request gets 503 with Retry-After (default 32)",
-    )
-    parser.add_argument(
-        "--batch-window-ms", type=_count(0), default=50,
-        help="right after a batch, wait this long for more requests before starting a smaller one (default 50)",
     )
     parser.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -783,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     serve(
         args.model, args.host, args.port, max_new_tokens=args.max_new_tokens, max_running=args.max_running,
-        max_waiting=args.max_waiting, precision=args.precision, batch_window_ms=args.batch_window_ms,
+        max_waiting=args.max_waiting, precision=args.precision,
     )
     return 0
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from engine_skeleton import SkeletonProcessor, block, skeleton_template
 from tiny import tiny_model
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from modeling_multiverse.serving import ContinuousEngine
 
@@ -182,3 +182,62 @@ def test_bad_requests_are_refused_at_once(tiny):
     with pytest.raises(ValueError, match="inside a <Parallel>"):
         engine.add_request(tokenizer("<Parallel>", add_special_tokens=False)["input_ids"])
     assert not engine.waiting
+
+
+def test_requests_with_one_prompt_share_its_prefill(tiny):
+    """The `n` answers of one chat request: one prefill pass between them, each answer as if alone."""
+    model, tokenizer = tiny
+    prompt = prompt_ids(tokenizer, TEXTS[1])
+    widths = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape)
+        return forward(*args, **kwargs)
+
+    def seeded(engine, seed):
+        processors = LogitsProcessorList([SkeletonProcessor(skeleton_template(tokenizer, [30]), tokenizer)])
+        return engine.add_request(prompt, max_new_tokens=30, do_sample=True, temperature=0.8, seed=seed,
+                                  logits_processor=processors)
+
+    solos = []
+    for seed in (1, 2, 3):
+        solo = ContinuousEngine(model, tokenizer)
+        solos.append(seeded(solo, seed))
+        solo.run_until_done()
+    model.forward = counting
+    try:
+        for occupied in (False, True):  # into an idle engine, and beside a request already decoding
+            engine = ContinuousEngine(model, tokenizer, max_running=4)
+            if occupied:
+                engine.add_request(prompt_ids(tokenizer, TEXTS[0]), max_new_tokens=40)
+                engine.step()
+            widths.clear()
+            answers = [seeded(engine, seed) for seed in (1, 2, 3)]
+            engine.step()
+            assert widths[0] == (1, len(prompt) - 1), "one pass over the shared prompt"
+            assert all(w[1] < len(prompt) - 1 for w in widths[1:]), widths
+            engine.run_until_done()
+            assert [a.response_ids for a in answers] == [s.response_ids for s in solos]
+    finally:
+        model.forward = forward
+    assert len({tuple(s.response_ids) for s in solos}) > 1, "the seeds drew different answers"
+
+
+def test_a_cancel_that_lands_during_a_step_leaves_at_the_next(tiny):
+    """`cancel` comes from another thread, maybe while a step runs: the request must leave the engine's rows too."""
+    model, tokenizer = tiny
+    prompt = prompt_ids(tokenizer, TEXTS[0])
+    engine = ContinuousEngine(model, tokenizer)
+    mine = []
+
+    class CancelMidStep(LogitsProcessor):
+        def __call__(self, ids, scores):
+            if ids.shape[1] == len(prompt) + 3:
+                engine.cancel(mine[0])
+            return scores
+
+    mine.append(engine.add_request(prompt, max_new_tokens=50, logits_processor=LogitsProcessorList([CancelMidStep()])))
+    engine.run_until_done()
+    assert mine[0].finished and len(mine[0].response_ids) == 4
+    assert engine.engine.rows == [] and engine.stats()["cache_columns"] == 0, "nothing left decoding for nobody"

@@ -296,7 +296,8 @@ def test_past_the_bound_a_request_gets_503_with_retry_after_and_health_counts(na
         assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 5
     # the worker counts a request done just after its answer is sent: wait for the counters to settle
     counts = wait_for(url, completed=1, running=0, waiting=0)
-    assert counts["tokens_per_s"] > 0 and counts["last_batch_cache_tokens"] > 0 and counts["rss_mb"] > 0
+    assert counts["tokens_per_s"] > 0 and counts["peak_cache_columns"] > 0 and counts["rss_mb"] > 0
+    assert counts["cache_columns"] == 0 and counts["live_tokens"] == 0, json.dumps(counts)
     assert counts["precision"]["precision"] == "fp32" and counts["max_running"] == 1 and counts["max_waiting"] == 1
     assert "Traceback" not in log.read_text()
 
@@ -313,7 +314,8 @@ MALFORMED = [
     b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
     b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 0.5, "top_p": 2}',
     b'{"messages": [{"role": "user", "content": "hi"}], "stop": 5}',
-    b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "n": 99}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "n": 9}',
     b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
     b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1.5}',
 ]
@@ -339,7 +341,7 @@ def test_malformed_bodies_get_400_in_one_line_and_the_server_stays_up(plain_serv
 
 
 @pytest.mark.slow
-def test_requests_that_wait_together_decode_in_one_batch_each_with_its_own_answer(forced_server):
+def test_requests_join_one_already_decoding_each_with_its_own_answer(forced_server):
     chat = client(forced_server)
     pairs = ((1, 2), (30, 400), (5, 6))
     questions = [[{"role": "user", "content": f"What is {a} + {b}? Think in parallel."}] for a, b in pairs]
@@ -359,7 +361,7 @@ def test_requests_that_wait_together_decode_in_one_batch_each_with_its_own_answe
         t.start()
     for t in threads + [occupier]:
         t.join(timeout=300)
-    assert health(forced_server)["largest_batch"] == 3, "the three waited together and ran as one batch"
+    assert health(forced_server)["most_running"] == 4, "the three joined the engine while the first decoded"
     for i, answer in enumerate(alone):
         text, chunks = results[i]
         assert text == answer.choices[0].message.content, f"row {i}: streamed from a batch == alone"
@@ -368,3 +370,20 @@ def test_requests_that_wait_together_decode_in_one_batch_each_with_its_own_answe
         assert last.usage.completion_tokens == answer.usage.completion_tokens
         assert last.model_extra["multiverse"] == answer.model_extra["multiverse"]
         assert last.model_extra["multiverse"]["parallelism"] > 1.2, "it went through fork/merge"
+
+
+@pytest.mark.slow
+def test_n_answers_share_one_request_each_as_its_own_seed_gives_alone(forced_server):
+    chat = client(forced_server)
+    ask = {"model": "m", "messages": QUESTION, "max_tokens": 60, "temperature": 1.0}
+    together = chat.chat.completions.create(n=3, seed=11, **ask)
+    alone = [chat.chat.completions.create(seed=11 + i, **ask) for i in range(3)]
+    assert [c.index for c in together.choices] == [0, 1, 2]
+    assert [c.message.content for c in together.choices] == [a.choices[0].message.content for a in alone]
+    assert len({c.message.content for c in together.choices}) > 1, "each choice drew its own answer"
+    assert together.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    assert together.model_extra["multiverse"] == [a.model_extra["multiverse"] for a in alone]
+    chunks = list(chat.chat.completions.create(n=2, seed=11, stream=True, **ask))
+    texts = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+             for i in range(2)]
+    assert texts == [a.choices[0].message.content for a in alone[:2]]

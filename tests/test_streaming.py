@@ -7,14 +7,13 @@ paths 1..k-1 are done, then the conclusion). Skeletons are forced with a logits 
 
 from __future__ import annotations
 
-import asyncio
 from typing import NamedTuple
 
 import pytest
 import torch
 from engine_skeleton import SkeletonProcessor, block, skeleton_template
 from tiny import tiny_model
-from transformers import GenerationConfig, LogitsProcessorList, TextIteratorStreamer, TextStreamer
+from transformers import LogitsProcessorList, TextIteratorStreamer, TextStreamer
 
 from modeling_multiverse import TAGS
 from modeling_multiverse.structure import PATH, PATH_END
@@ -236,46 +235,34 @@ def test_branch_events_report_paths_labels_and_counters_for_a_batch(tiny):
         assert max(len(paths) for paths in tokens_at_step.values()) >= 3, "paths advance in the same step"
 
 
-def test_serving_streamer_gets_the_text_and_can_cancel(tiny):
-    """The put/end contract with cancellation, through the streamer `multiverse serve` hands to generate()."""
-    from multiverse.serve import Cancelled, QueueStreamer
+def test_serving_streamer_gets_the_text_and_a_cancel_ends_it(tiny):
+    """The streamer `multiverse serve` gives each request of its continuous engine: text deltas that concatenate
+    to the response, and nothing more once the request is cancelled."""
+    from modeling_multiverse.serving import ContinuousEngine
+    from multiverse.serve import TextStream
 
     model, tokenizer = tiny
     skeleton, _ = SKELETONS["nested"]
-    enc = prompt(tokenizer)
-    config = GenerationConfig(max_new_tokens=400, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    ids = prompt(tokenizer)["input_ids"]
     skip = set(tokenizer.all_special_ids)
-    loop = asyncio.new_event_loop()
-    try:
-        queue: asyncio.Queue = asyncio.Queue()
-        streamer = QueueStreamer(tokenizer, loop, queue, skip)
-        out = model.generate(**enc, streamer=streamer, generation_config=config, tokenizer=tokenizer,
-                             logits_processor=forced(tokenizer, skeleton))
-        loop.run_until_complete(asyncio.sleep(0))  # the deltas were scheduled from the generating thread's side
-        items = []
-        while not queue.empty():
-            items.append(queue.get_nowait())
-        assert len(items) > 3 and all(isinstance(i, str) for i in items), "the text arrives in several deltas"
-        response = out[0, enc["input_ids"].shape[1] :]
-        assert "".join(items) == tokenizer.decode(response, skip_special_tokens=True)
-        assert streamer.ids == [t for t in response.tolist() if t not in skip]
-
-        cancelled = QueueStreamer(tokenizer, loop, asyncio.Queue(), skip)
-        seen_after_cancel = []
-
-        def cancel_inside_path_2(event):
-            if event.path == ("2",):
-                if cancelled.cancelled.is_set():
-                    seen_after_cancel.append(event)
-                cancelled.cancelled.set()
-
-        with pytest.raises(Cancelled):
-            model.generate(**enc, streamer=cancelled, generation_config=config, tokenizer=tokenizer,
-                           logits_processor=forced(tokenizer, skeleton), branch_callback=cancel_inside_path_2)
-        assert len(seen_after_cancel) <= 1, "generation stops at the first streamed token after the cancel"
-        assert len(cancelled.ids) < len(streamer.ids)
-    finally:
-        loop.close()
+    engine = ContinuousEngine(model, tokenizer, max_running=2, eos_token_id=tokenizer.eos_token_id)
+    whole, cut = [], []
+    streamers = [TextStream(tokenizer, skip, whole.append), TextStream(tokenizer, skip, cut.append)]
+    requests = [
+        engine.add_request(ids, max_new_tokens=400, logits_processor=forced(tokenizer, skeleton), streamer=streamer)
+        for streamer in streamers
+    ]
+    for _ in range(12):
+        engine.step()
+    engine.cancel(requests[1])
+    sent_before_cancel = "".join(cut)
+    engine.run_until_done()
+    response = requests[0].response_ids
+    assert len(whole) > 3, "the text arrives in several deltas"
+    assert "".join(whole) == tokenizer.decode(response, skip_special_tokens=True)
+    assert streamers[0].ids == [t for t in response if t not in skip]
+    assert "".join(cut).startswith(sent_before_cancel) and len("".join(cut)) < len("".join(whole))
+    assert requests[1].cancelled and requests[1].finished
 
 
 def test_a_streamer_takes_one_prompt(tiny):
