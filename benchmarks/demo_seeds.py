@@ -9,7 +9,8 @@ both on the held-out problems and times the first problems at batch 1. It prints
 the standard deviation and the spread (max - min) of accuracy, step accuracy, well-formedness,
 parallelism and the per-problem speedup, and writes everything to `OUT/seeds.json`.
 
-Every stage of every seed is resumable: a model folder counts as done once its stage is recorded in
+The run's own seed, when the settings are the run's, is not trained again: its models and reports are
+read from RUN. Every stage of every other seed is resumable: a model folder counts as done once its stage is recorded in
 `OUT/seed-S/stages.json` (written atomically after the stage), and every report is written atomically.
 Accuracy, step accuracy, well-formedness and parallelism do not depend on the machine's load; wall times
 and the speedup do (run it on an unshared machine for timings).
@@ -106,13 +107,37 @@ def format_table(table: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+SEED_STAGES = ("train-multiverse", "train-autoregressive", "eval-multiverse", "eval-autoregressive",
+               "latency-multiverse", "latency-autoregressive")
+"""The stages of one seed; a demo run that finished them all with the same settings is that seed's result."""
+
+
+def finished_run(run: Path, settings) -> bool:
+    """Whether RUN itself is a finished demo of exactly `settings` (then its seed need not be trained again)."""
+    from multiverse.demo import StageLog
+
+    saved = json.loads((run / "settings.json").read_text())
+    done = StageLog.load(run / "stages.json").seconds
+    return saved == json.loads(json.dumps(asdict(settings))) and all(stage in done for stage in SEED_STAGES)
+
+
 def run_seed(run: Path, out: Path, settings, seed: int) -> dict:
-    """Train, evaluate and time both models for one seed into `out/seed-S` (resuming); returns its measures."""
+    """Train, evaluate and time both models for one seed into `out/seed-S` (resuming); returns its measures.
+
+    The demo run's own seed, with the run's settings unchanged, is read from the run folder instead.
+    """
     from multiverse.demo import StageLog, _evaluate, _train
     from runtime.paths import write_text_atomic
     from runtime.precision import choose_precision
 
     settings = replace(settings, seed=seed)
+    if finished_run(run, settings):
+        log = StageLog.load(run / "stages.json")
+        result = seed_result(run)
+        result["stage_seconds"] = {stage: log.seconds[stage] for stage in SEED_STAGES}
+        result["stage_cpu_seconds"] = {stage: log.cpu_seconds.get(stage) for stage in SEED_STAGES}
+        result["from_run"] = str(run)
+        return result
     seed_dir = out / f"seed-{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(seed_dir / "settings.json", json.dumps(asdict(settings), indent=2) + "\n")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluation.evaluate import evaluate, load_records  # noqa: E402
+from evaluation.intervals import wilson_interval  # noqa: E402
 from modeling_multiverse import parse_ids, prompt_ids, tag_ids_from_tokenizer  # noqa: E402
 from modeling_multiverse.engine import MERGE_MODES  # noqa: E402
 from modeling_multiverse.structure import CONCLUSION, TAGS  # noqa: E402
@@ -46,20 +46,6 @@ from runtime.precision import (  # noqa: E402
 )
 
 CONCLUSION_BODY = re.compile(r"<Conclusion>(.*?)</Conclusion>", re.DOTALL)
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% for z = 1.96); (0, 1) for n = 0.
-
-    >>> [round(x, 3) for x in wilson(8, 10)]
-    [0.49, 0.943]
-    """
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def conclusion_tokens(tokenizer, response: str) -> list[int]:
@@ -84,7 +70,7 @@ def compare(tokenizer, reports: dict[str, dict]) -> dict:
     summary = {}
     for mode, report in reports.items():
         correct = sum(bool(r["correct"]) for r in report["records"])
-        low, high = wilson(correct, report["n"])
+        low, high = wilson_interval(correct, report["n"])
         summary[mode] = {
             "n": report["n"],
             "accuracy": report["accuracy"],

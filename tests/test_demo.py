@@ -139,3 +139,10 @@ def test_demo_seeds_trains_two_seeds_on_the_runs_data_and_resumes(micro_run, tmp
          "--learning-rate", "-1"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--learning-rate" in bad.stderr
+    # the run's own seed with the run's settings is the run itself: read, not trained again
+    own = tmp_path / "own"
+    assert seeds_main(["--run", str(run), "--out", str(own), "--seeds", str(MICRO.seed)]) == 0
+    reused = json.loads((own / "seeds.json").read_text())["seeds"][str(MICRO.seed)]
+    assert reused["from_run"] == str(run) and not (own / f"seed-{MICRO.seed}" / "multiverse-model").exists()
+    want = json.loads((run / "eval-multiverse.json").read_text())["accuracy"]
+    assert reused["multiverse"]["accuracy"] == want
