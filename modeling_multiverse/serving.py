@@ -39,6 +39,7 @@ import itertools
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -112,7 +113,9 @@ class ContinuousEngine:
         self.engine.share_prefill = True
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
-        self.lock = threading.Lock()  # guards `waiting` (add_request may run on another thread)
+        # guards `waiting` and what `step` reads of the requests (add_request and cancel may run on another thread);
+        # re-entrant, so that a caller may hold it around add_request/cancel (`runtime.distributed.LockstepEngine`)
+        self.lock = threading.RLock()
         self.ids = itertools.count()
 
     def add_request(
@@ -178,11 +181,19 @@ class ContinuousEngine:
             request.seq.stream.end()
         return waiting
 
-    def step(self) -> list[Request]:
-        """Admit waiting requests, run one forward pass, retire: the requests that finished (or left) now."""
-        self._admit()
-        for request in self.running:
-            request.seq.cancelled = request.cancelled
+    def step(self, boundary: Callable[[], None] | None = None) -> list[Request]:
+        """Admit waiting requests, run one forward pass, retire: the requests that finished (or left) now.
+
+        `boundary` (optional) is called first, holding `lock`, which is held until admissions and cancels are
+        read: what it does to the queue is exactly what this step sees (tensor parallelism: every process applies
+        rank 0's adds and cancels there, `runtime.distributed.LockstepEngine`). Nothing running: no forward pass.
+        """
+        with self.lock:
+            if boundary is not None:
+                boundary()
+            self._admit()
+            for request in self.running:
+                request.seq.cancelled = request.cancelled
         with torch.no_grad(), engine_attention(self.model):
             stepped = self.engine.step()
         # what the engine saw, not `request.cancelled`: a cancel that lands during the step leaves at the next one

@@ -17,6 +17,9 @@ The content is the response with its tags (`<Think>`, `<Parallel>`, `<Path>`, ..
 non-streamed answer, and the last chunk of a streamed one, also carry the engine's numbers under
 `"multiverse"`: decode steps, degree of parallelism, blocks (a list of those, one per choice, when n > 1).
 
+Under `torchrun --nproc-per-node N` the model is split over N processes (tensor parallel); rank 0 serves HTTP and
+the others step their engines in lockstep with it (`runtime.distributed.LockstepEngine`).
+
 Why not `transformers serve`: its loader looks the architecture up by name in the `transformers`
 package (`getattr(transformers, config.architectures[0])`), which fails for any remote-code model
 such as `MultiverseForCausalLM`, with or without `--trust-remote-code`.
@@ -24,6 +27,7 @@ such as `MultiverseForCausalLM`, with or without `--trust-remote-code`.
 Example:
     $ pip install -e '.[serve]'
     $ multiverse serve --model runs/demo/multiverse-model --port 8000
+    $ torchrun --nproc-per-node 2 -m multiverse.cli serve --model runs/demo/multiverse-model --port 8000
     >>> from openai import OpenAI  # doctest: +SKIP
     >>> OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none").chat.completions.create(
     ...     model="multiverse", messages=[{"role": "user", "content": "2+2?"}])  # doctest: +SKIP
@@ -172,16 +176,21 @@ class EngineLoop:
     - `cancel(job)`: its waiting requests leave the queue at once, its running ones at the next step.
 
     One thread, because the engine is one batch: every step is one forward pass over all running requests.
+    `engine_factory` (optional) builds the engine instead of a one-process `ContinuousEngine`: under torchrun, a
+    `runtime.distributed.LockstepEngine`, which the thread also steps when idle, every `heartbeat_s`.
     """
 
     TOKENS_WINDOW_S = 10.0
 
-    def __init__(self, server: ChatServer, max_running: int = 8, max_waiting: int = 32):
+    def __init__(
+        self, server: ChatServer, max_running: int = 8, max_waiting: int = 32, engine_factory: Callable | None = None
+    ):
         if max_running < 1 or max_waiting < 0:
             raise ValueError(f"max_running must be >= 1 and max_waiting >= 0; got {max_running}, {max_waiting}")
         self.server = server
         self.max_running = max_running
         self.max_waiting = max_waiting
+        self.engine_factory = engine_factory
         self.engine = self._new_engine()
         self.lock = threading.Condition()  # guards the jobs, the counts and the snapshot; wakes the thread
         self.jobs: dict[int, Job] = {}  # request id -> its job
@@ -195,9 +204,17 @@ class EngineLoop:
         self.thread.start()
 
     def _new_engine(self):
+        if self.engine_factory is not None:
+            return self.engine_factory()
         from modeling_multiverse.serving import ContinuousEngine
 
         return ContinuousEngine(self.server.model, self.server.tokenizer, max_running=self.max_running)
+
+    def close(self) -> None:
+        """Release what the engine holds beyond this process (a lockstep engine's other processes); else nothing."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
 
     # -- the event loop's side --------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -261,8 +278,10 @@ class EngineLoop:
     def _loop(self) -> None:
         while True:
             with self.lock:
+                heartbeat = getattr(self.engine, "heartbeat_s", None)
                 while not (self.engine.running or self.engine.waiting):
-                    self.lock.wait()
+                    if not self.lock.wait(heartbeat) and heartbeat is not None:
+                        break  # idle under lockstep: an empty step keeps the other processes' broadcast alive
                 engine = self.engine
                 before = sum(r.seq.generated for r in engine.running)
             try:
@@ -299,10 +318,15 @@ class EngineLoop:
         job.resolve({"kind": "completed", "choices": [self.server.summary(job.params, r) for r in job.requests]})
 
     def _fail(self, engine, err: Exception) -> None:
-        """A step raised: every request the engine held fails with the one line; a fresh engine takes over."""
+        """A step raised: every request the engine held fails with the one line; a fresh engine takes over.
+
+        A lockstep engine resets instead: every process takes a fresh engine at the next step, so none keeps
+        requests the others dropped (`LockstepEngine.reset`).
+        """
         message = f"generation failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
         with self.lock:
-            self.engine = self._new_engine()
+            reset = getattr(engine, "reset", None)
+            self.engine = reset() if reset is not None else self._new_engine()
             jobs = {id(job): job for job in self.jobs.values()}
             self.jobs.clear()
             for job in jobs.values():
@@ -318,6 +342,7 @@ class ChatServer:
 
     `logits_processor` (optional) is given to every request, e.g. to force a structure.
     `precision` (optional): what /health reports about the dtype the model was loaded in.
+    `engine_factory` (optional): builds the engine `EngineLoop` steps (under torchrun, a `LockstepEngine`).
     """
 
     def __init__(
@@ -330,6 +355,7 @@ class ChatServer:
         max_running: int = 8,
         max_waiting: int = 32,
         precision: dict | None = None,
+        engine_factory: Callable | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -340,7 +366,7 @@ class ChatServer:
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         self.eos_ids = set(eos) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self.precision = precision or {"precision": str(model.dtype).removeprefix("torch.")}
-        self.engine = EngineLoop(self, max_running, max_waiting)
+        self.engine = EngineLoop(self, max_running, max_waiting, engine_factory)
 
     # -- one request --------------------------------------------------------------------------------
     def request_params(self, body: dict) -> dict:
@@ -519,19 +545,28 @@ def build_app(server: ChatServer):
     return app
 
 
-def load(model_dir: str, dtype=None):
-    """The model and its tokenizer; `dtype` None: fp32 on CPU, the dtype it was saved in on a GPU."""
+def load(model_dir: str, dtype=None, launch=None):
+    """The model and its tokenizer; `dtype` None: fp32 on CPU, the dtype it was saved in on a GPU.
+
+    `launch` (a `runtime.distributed.Launch` of several processes): this process's tensor-parallel slice, placed
+    by transformers on its device (not moved here).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runtime.paths import check_weights
+    from runtime.distributed import tensor_parallel_kwargs
+    from runtime.paths import check_weights, model_config
 
     check_weights(model_dir)  # a file cut short: one line naming it, before the tokenizer loads
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     if dtype is None:
         dtype = "auto" if torch.cuda.is_available() else torch.float32  # CPUs without bf16 units crawl in bf16
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype)
-    if torch.cuda.is_available():
+    parallel = {}
+    if launch is not None and launch.distributed:
+        config = model_config(model_dir, "--model")
+        parallel = tensor_parallel_kwargs(launch, config.get("text_config") or config)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype, **parallel)
+    if torch.cuda.is_available() and not parallel:
         model.to("cuda")
     return model.eval(), tokenizer
 
@@ -546,23 +581,84 @@ def serve(
     max_waiting: int = 32,
     precision: str = "auto",
 ) -> None:
-    """Load `model_dir` in `precision` (auto|fp32|bf16) and answer on http://host:port/v1 until interrupted."""
+    """Load `model_dir` in `precision` (auto|fp32|bf16) and answer on http://host:port/v1 until interrupted.
+
+    Under torchrun the model is split over the processes (tensor parallel): rank 0 listens, and every process
+    steps its own engine in lockstep with it (`runtime.distributed.LockstepEngine`, `follow_engine`).
+    """
     import uvicorn
 
+    from runtime.distributed import Launch, finish
     from runtime.precision import choose_precision
 
+    launch = Launch.from_env()
     choice = choose_precision(precision)  # the device the model will run on: cuda if present, else cpu
-    model, tokenizer = load(model_dir, choice.dtype)
+    model, tokenizer = load(model_dir, choice.dtype, launch)
+    factory = None
+    if launch.distributed:
+        factory = _lockstep(model, tokenizer, max_running, launch)
+        if factory is None:  # ranks 1..N-1 followed rank 0 until it closed
+            finish(launch)
+            return
     server = ChatServer(
         model, tokenizer, model_id=model_dir, logits_processor=logits_processor, max_new_tokens=max_new_tokens,
-        max_running=max_running, max_waiting=max_waiting, precision=choice.as_dict(),
+        max_running=max_running, max_waiting=max_waiting, precision=choice.as_dict(), engine_factory=factory,
     )
+    parallel = f"; tensor parallel over {launch.world_size} processes" if launch.distributed else ""
     print(
         f"multiverse serve: {model_dir} on http://{host}:{port}/v1 ({choice.name}: {choice.reason}; "
-        f"--max-running {max_running}, --max-waiting {max_waiting})",
+        f"--max-running {max_running}, --max-waiting {max_waiting}{parallel})",
         file=sys.stderr, flush=True,
     )
-    uvicorn.run(build_app(server), host=host, port=port, log_level="warning")
+    if not launch.distributed:
+        uvicorn.run(build_app(server), host=host, port=port, log_level="warning")
+        return
+    _stop_quietly()
+    try:
+        uvicorn.run(build_app(server), host=host, port=port, log_level="warning")
+    except _Stopped:
+        pass
+    finally:
+        server.engine.close()  # the other processes return from follow_engine
+        finish(launch)
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM, once uvicorn has shut down: the lockstep server closes the other processes, exits 0."""
+
+
+def _stop_quietly() -> None:
+    """uvicorn re-raises the signal that stopped it under the handler found before it: make that one return here
+    (else SIGTERM's default action ends rank 0 before it can release the other processes)."""
+    import signal
+
+    def stopped(signum, frame):
+        raise _Stopped
+
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, stopped)
+
+
+def _lockstep(model, tokenizer, max_running: int, launch) -> Callable | None:
+    """Rank 0: the factory of its `LockstepEngine`. Ranks 1..N-1: follow rank 0's steps until it closes, None.
+
+    The followers ignore SIGINT and SIGTERM (Ctrl-C and torchrun send them to every process): they leave when
+    rank 0, having stopped serving, tells them to, so no process leaves the others inside a collective.
+    """
+    import signal
+
+    from modeling_multiverse.serving import ContinuousEngine
+    from runtime.distributed import LockstepEngine, follow_engine
+
+    def local() -> ContinuousEngine:
+        return ContinuousEngine(model, tokenizer, max_running=max_running)
+
+    if launch.main:
+        return lambda: LockstepEngine(local(), launch, renew=local)
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
+    follow_engine(local(), launch, renew=local)
+    return None
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -23,8 +23,12 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Mapping
+import pickle
+import random
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,92 +204,171 @@ def finish(launch: Launch) -> None:
         torch.distributed.destroy_process_group()
 
 
-class LockstepModel:
-    """Rank 0's handle on a tensor-parallel model: each `generate` call runs on every process.
+class LockstepEngine:
+    """Rank 0's handle on a `serving.ContinuousEngine` whose model is split over the launched processes.
 
-    Before decoding, rank 0 broadcasts the call (tensors as CPU tensors) and its random number generator states
-    (`torch.distributed.broadcast_object_list`); the other processes, in `follow`, set the same states and make
-    the same call, so sampling draws the same tokens everywhere. Arguments that only rank 0 can use (`streamer`,
-    `branch_callback`) stay on rank 0. Everything else reads through to the model. `close()` releases the others.
-    For a server whose requests arrive on rank 0 only (`multiverse serve` under torchrun).
+    Requests reach rank 0 only (a server). Every process holds its own `ContinuousEngine` over its slice of the
+    model; rank 0 applies `add_request` and `cancel` at once, as one process does, and records them as ops. At
+    the start of each step (`ContinuousEngine.step(boundary=...)`, under the engine's lock, before waiting
+    requests are admitted and cancels are seen) it broadcasts the ops recorded since the last step
+    (`torch.distributed.broadcast_object_list`), and the other processes (`follow_engine`) apply the same ops at
+    the same point, then step: every process runs the same requests in the same forward passes. Request ids are
+    rank 0's. `streamer` and `branch_callback` stay on rank 0; a sampled request without a seed gets one here, so
+    every process draws the same tokens. Everything else (`running`, `waiting`, `stats`, `engine`, ...) reads
+    through to the local engine. `close()` releases the others.
 
-    >>> model = LockstepModel(model, launch) if launch.main else follow(model, launch)  # doctest: +SKIP
+    >>> engine = LockstepEngine(ContinuousEngine(model, tokenizer), launch)  # rank 0  # doctest: +SKIP
+    >>> follow_engine(ContinuousEngine(model, tokenizer), launch)  # ranks 1..N-1  # doctest: +SKIP
     """
 
     LOCAL_ONLY = ("streamer", "branch_callback")
+    HEARTBEAT_S = 60.0
+    """An idle server steps this often (an empty step: a broadcast, no forward pass), so that the other
+    processes, waiting in the broadcast, never reach the collectives' timeout (30 min by default with gloo, 10
+    with nccl). A heartbeat rather than a longer timeout: transformers creates the process group, with its own."""
 
-    def __init__(self, model, launch: Launch):
-        self.model = model
+    def __init__(self, engine, launch: Launch, renew: Callable[[], Any] | None = None):
+        self.local = engine
         self.launch = launch
+        self.renew = renew or _same_engine(engine)
+        self.ops: list[tuple] = []  # recorded since the last step, under `local.lock`
+        self.step_lock = threading.Lock()  # one step or the close message at a time: their collectives never mix
+        self.closed = False
+        self.heartbeat_s = self.HEARTBEAT_S
 
     def __getattr__(self, name: str):
-        return getattr(self.model, name)
+        if name == "local":  # not set yet (unpickling, a failed __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self.local, name)
 
-    def generate(self, *args, **kwargs):
-        local = {name: kwargs.pop(name) for name in self.LOCAL_ONLY if name in kwargs}
-        if self.launch.distributed:
-            call = (_to_cpu(args), _to_cpu(kwargs), _rng_states(self.model.device))
-            torch.distributed.broadcast_object_list([("generate", call)], src=0)
-        return self.model.generate(*args, **kwargs, **local)
+    def add_request(self, input_ids, seed: int | None = None, **kwargs):
+        """`ContinuousEngine.add_request`, applied here and on every process at the next step (same id)."""
+        prompt = torch.as_tensor(input_ids).reshape(-1).tolist()
+        if kwargs.get("do_sample") and seed is None:
+            seed = random.getrandbits(63)  # drawn once, here: each process's torch.seed() would differ
+        shared = {name: value for name, value in kwargs.items() if name not in self.LOCAL_ONLY}
+        blob = pickle.dumps((prompt, {**shared, "seed": seed}))  # now: an argument that does not pickle fails here
+        with self.local.lock:  # the op joins the list of the same step the request joins here
+            request = self.local.add_request(prompt, seed=seed, **kwargs)
+            self.ops.append(("add", request.id, blob))
+        return request
+
+    def cancel(self, request) -> bool:
+        """`ContinuousEngine.cancel`, applied here and on every process at the next step."""
+        with self.local.lock:
+            left = self.local.cancel(request)
+            self.ops.append(("cancel", request.id))
+        return left
+
+    def step(self) -> list:
+        """One step on every process: the ops recorded since the last one first (an idle engine: no forward)."""
+        with self.step_lock:
+            if self.closed:
+                return []
+            return self.local.step(boundary=self._broadcast)
+
+    def reset(self) -> LockstepEngine:
+        """After a failed step: a fresh local engine here, and on every process at the next step; returns self.
+
+        What the old engine held is dropped (its requests failed), ops not yet sent with it.
+        """
+        with self.local.lock:
+            fresh = self.renew()
+            fresh.ids = self.local.ids  # ids stay unique over the server's life
+            self.local, self.ops = fresh, [("reset",)]
+        return self
 
     def close(self) -> None:
-        """Tell the other processes that no call follows (they return from `follow`)."""
+        """Tell the other processes that no step follows (they return from `follow_engine`); steps end here."""
+        with self.step_lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.launch.distributed:
+                torch.distributed.broadcast_object_list([("close", None)], src=0)
+
+    def _broadcast(self) -> None:
+        ops, self.ops = self.ops, []
         if self.launch.distributed:
-            torch.distributed.broadcast_object_list([("close", None)], src=0)
+            torch.distributed.broadcast_object_list([("ops", ops)], src=0)
 
 
-def follow(model, launch: Launch) -> None:
-    """The other processes' side of `LockstepModel`: make every call rank 0 makes, until it closes."""
-    while True:
+class _Closed(Exception):
+    """Rank 0 closed: leave the step before it starts."""
+
+
+class _Renewed(Exception):
+    """Rank 0 reset: leave the old engine's step; the fresh engine, its ops applied, steps instead."""
+
+
+def follow_engine(engine, launch: Launch, renew: Callable[[], Any] | None = None) -> None:
+    """The other processes' side of `LockstepEngine`: step `engine` with rank 0's ops until rank 0 closes.
+
+    A step that fails here expects rank 0's to have failed too: the next ops then begin with a reset (a fresh
+    engine, from `renew`); otherwise the processes are out of step, and this raises.
+
+    >>> follow_engine(ContinuousEngine(model, tokenizer), Launch.from_env())  # ranks 1..N-1  # doctest: +SKIP
+    """
+    renew = renew or _same_engine(engine)
+    requests: dict[int, Any] = {}  # rank 0's id -> this process's request, while it runs or waits
+    failed: list[str] = []
+
+    def apply() -> None:
+        nonlocal engine
         message: list[Any] = [None]
         torch.distributed.broadcast_object_list(message, src=0)
-        kind, call = message[0]
+        kind, ops = message[0]
         if kind == "close":
+            raise _Closed
+        renewed = bool(ops) and ops[0][0] == "reset"
+        if failed and not renewed:
+            raise RuntimeError(f"rank {launch.rank}: a step failed here but not on rank 0 ({failed[0]}): "
+                               "the processes are out of step")
+        failed.clear()
+        if renewed:
+            engine, ops = renew(), ops[1:]
+            requests.clear()
+        for op in ops:
+            if op[0] == "add":
+                _, request_id, blob = op
+                prompt, kwargs = pickle.loads(blob)
+                engine.ids = itertools.count(request_id)  # rank 0's id (a prompt it refused still took one)
+                requests[request_id] = engine.add_request(prompt, **kwargs)
+            else:  # cancel: one that already finished here is left as it is
+                request = requests.get(op[1])
+                if request is not None and not request.finished:
+                    engine.cancel(request)
+        if renewed:
+            raise _Renewed
+
+    boundary: Callable[[], None] | None = apply
+    while True:
+        try:
+            engine.step(boundary=boundary)
+            boundary = apply
+        except _Closed:
             return
-        args, kwargs, states = call
-        _set_rng_states(states, model.device)
-        model.generate(*_to_device(args, model.device), **_to_device(kwargs, model.device))
+        except _Renewed:
+            boundary = None  # this round's ops are in the fresh engine already: step it without a broadcast
+            continue
+        except Exception as err:  # noqa: BLE001 (rank 0's step failed too: its reset follows)
+            failed.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        for request_id in [i for i, r in requests.items() if r.finished]:
+            del requests[request_id]
 
 
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    return value
-
-
-def _to_device(value: Any, device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
-
-
-def _rng_states(device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device) -> None:
-    cpu, cuda = states
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
+def _same_engine(engine) -> Callable[[], Any]:
+    """A fresh engine like `engine`: the same model, tokenizer and `max_running`."""
+    return lambda: type(engine)(engine.model, engine.tokenizer, max_running=engine.max_running)
 
 
 __all__ = [
     "PARALLEL_MODES",
     "Launch",
-    "LockstepModel",
+    "LockstepEngine",
     "check_tensor_parallel",
     "finish",
-    "follow",
+    "follow_engine",
     "gather_to_main",
     "init_process_group",
     "parallelize",

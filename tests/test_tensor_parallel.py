@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,16 +108,130 @@ def test_launch_environment_is_read_and_checked():
         Launch.from_env({"RANK": "zero", "WORLD_SIZE": "2"})
 
 
-def test_lockstep_server_calls_equal_one_process(model_dir, tmp_path):
-    """Requests reach rank 0 only (a server): `LockstepModel` replays each call, RNG states included, on rank 1."""
-    from lockstep_worker import run
+def test_an_idle_engine_steps_without_a_forward_pass(model_dir):
+    """`LockstepEngine`'s heartbeat on an idle server is an empty step: nothing runs, nothing is computed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from modeling_multiverse.serving import ContinuousEngine
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    engine = ContinuousEngine(model, AutoTokenizer.from_pretrained(model_dir))
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    seen = []
+    assert engine.step(boundary=lambda: seen.append(1)) == [] and engine.step() == []
+    assert calls == [] and seen == [1]
+
+
+def test_lockstep_engine_serves_like_one_process(model_dir, tmp_path):
+    """Requests reach rank 0 only (a server): staggered, threaded, cancelled and sampled requests under
+    `LockstepEngine` give both processes the same tokens, and the greedy and seeded ones those of one process."""
+    from lockstep_worker import AFTER_RESET, CANCEL, requests
+    from test_engine_continuous import alone
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modeling_multiverse.serving import ContinuousEngine
+
     out = tmp_path / "lockstep.json"
-    result = torchrun([str(ROOT / "tests" / "lockstep_worker.py"), str(model_dir), str(out)])
+    result = torchrun([str(ROOT / "tests" / "lockstep_worker.py"), str(model_dir), str(out)], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    split = json.loads(out.read_text())
-    single = run(AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir))
-    assert [b["labels"] for b in single[0]["blocks"][0]] == [["1", "2"], ["2.1", "2.2"]]  # forks and merges
-    assert single[1]["sequences"] != single[2]["sequences"][:1] and len(single[2]["sequences"]) == 2
-    assert split == single  # greedy and sampled: the same tokens, blocks and steps as one process
+    split = {int(k): v for k, v in json.loads(out.read_text()).items()}
+    follower = {r["id"]: r for r in json.loads(Path(f"{out}.rank1").read_text())}
+    assert sorted(split) == list(range(AFTER_RESET + 1)) and len(follower) == len(split)
+    for k, got in split.items():  # rank 1 ran every request, under rank 0's id, to the same tokens and steps
+        assert got == follower[got["id"]], k
+        assert got["finished"] and got["cancelled"] == (k == CANCEL[0]), k
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    specs = requests(tokenizer)
+    for k, spec in enumerate(specs):
+        if spec.get("do_sample") and spec.get("seed") is None:
+            continue  # unseeded: only the two processes can agree (above)
+        engine = ContinuousEngine(model, tokenizer)
+        single = engine.add_request(**spec)
+        engine.run_until_done()
+        want = single.response_ids
+        if k == CANCEL[0]:  # left mid-decode: a strict prefix of what it gets alone
+            cut = split[k]["response"]
+            assert 0 < len(cut) < len(want) and want[: len(cut)] == cut
+            continue
+        assert split[k]["response"] == want, k
+        if not spec.get("do_sample"):
+            kwargs = {name: spec[name] for name in ("logits_processor", "max_new_tokens") if name in spec}
+            assert alone(model, tokenizer, spec["input_ids"], **kwargs)[0] == want, k
+    assert split[0]["steps"] < len(split[0]["response"])  # the forced skeleton forked and merged
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux), e.g. torchrun's workers."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _served(command: list[str], port: int, log: Path) -> subprocess.Popen:
+    """A server in a session of its own (a signal can reach its whole group), once it answers /health."""
+    from test_serve import environment, health
+
+    env = dict(environment(), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                               start_new_session=True)
+    for _ in range(360):  # up to 3 minutes: torch imports and model loads on a busy machine
+        if process.poll() is not None or health(f"http://127.0.0.1:{port}") is not None:
+            break
+        time.sleep(0.5)
+    if process.poll() is not None or health(f"http://127.0.0.1:{port}") is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"the server did not start:\n{log.read_text()[-3000:]}")
+    return process
+
+
+def _greedy_answer(port: int) -> str:
+    from test_serve import QUESTION, client
+
+    answer = client(f"http://127.0.0.1:{port}").chat.completions.create(
+        model="multiverse", messages=QUESTION, max_tokens=40, temperature=0
+    )
+    return answer.choices[0].message.content
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_serve_under_torchrun_answers_like_one_process_and_stops(model_dir, tmp_path, stop):
+    """`torchrun -m multiverse.cli serve`: rank 0 answers a greedy chat with the one-process text; SIGTERM to
+    torchrun (a process manager) or SIGINT to the whole group (Ctrl-C) stops both processes cleanly."""
+    from test_serve import free_port
+
+    serve = ["-m", "multiverse.cli", "serve", "--model", str(model_dir), "--precision", "fp32", "--port"]
+    port = free_port()
+    single = _served([sys.executable, *serve, str(port)], port, tmp_path / "single.log")
+    try:
+        want = _greedy_answer(port)
+    finally:
+        os.killpg(single.pid, signal.SIGTERM)
+        single.wait(timeout=60)
+    port = free_port()
+    log = tmp_path / "tp.log"
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    process = _served([*run, *serve, str(port)], port, log)
+    workers = _children(process.pid)
+    try:
+        assert len(workers) == 2
+        assert _greedy_answer(port) == want
+        assert "tensor parallel over 2 processes" in log.read_text()
+        if stop == "SIGTERM":
+            process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=90)
+        for _ in range(60):
+            if not any(Path(f"/proc/{pid}").exists() for pid in workers):
+                break
+            time.sleep(0.5)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers), log.read_text()[-3000:]
+        text = log.read_text()
+        # no worker needed killing, and the one traceback is torchrun's own report of the signal it got
+        own = text.count("multiprocessing.api.SignalException")
+        assert "forcefully" not in text and text.count("Traceback") == own, text[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
