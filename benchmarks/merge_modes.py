@@ -183,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write both reports and the comparison to this JSON file")
     parser.add_argument("--traces", help="gold responses (JSONL with `id` and `multiverse`) to read teacher-forced")
     parser.add_argument("--problems", help="the questions of --traces (JSONL with `id` and `question`)")
+    parser.add_argument("--trace-limit", type=int, help="read only the first N gold responses of --traces")
     parser.add_argument("--skip-decoding", action="store_true", help="only the teacher-forced reading of --traces")
     args = parser.parse_args(argv)
+    for name in ("limit", "trace_limit", "max_new_tokens", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     from transformers import AutoTokenizer
 
     from modeling_multiverse import MultiverseForCausalLM
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(summary))
     if args.traces:
         questions = {str(r["id"]): r["question"] for _, r in iter_jsonl(args.problems or args.data)}
-        traces = [t for _, t in iter_jsonl(args.traces) if t.get("multiverse")]
+        traces = [t for _, t in iter_jsonl(args.traces) if t.get("multiverse")][: args.trace_limit]
         summary["teacher_forced"] = teacher_forced(model, tokenizer, traces, questions, kind)
         print("teacher-forced gold responses:", json.dumps(summary["teacher_forced"]))
     summary.update(model=args.model, data=args.data, max_new_tokens=args.max_new_tokens,
