@@ -1,8 +1,11 @@
 """Model and dataset cards for Multiverse models and data, rendered through huggingface_hub.
 
-The templates (`model_card.md`, `dataset_card.md` beside this file) are Jinja; the YAML metadata at
-their top is written by `ModelCardData` / `DatasetCardData`, so it is what the Hub expects
+The templates (`model_card.md`, `baseline_card.md`, `dataset_card.md` beside this file) are Jinja; the YAML
+metadata at their top is written by `ModelCardData` / `DatasetCardData`, so it is what the Hub expects
 (license, base_model, datasets, library_name, tags, pipeline_tag, model-index with eval results).
+A Multiverse model gets `model_card.md` (`kind="multiverse"`); the autoregressive baseline trained beside it,
+saved as its base's own class, gets `baseline_card.md` (`kind="baseline"`): plain loading, no fork/merge
+metrics.
 
 Example:
     >>> report = {"kind": "math", "n": 500, "accuracy": 0.5, "well_formed": 0.9, "parallelism": 1.2}
@@ -11,13 +14,18 @@ Example:
     ...     eval_results=eval_results_from_report(report))
     >>> card.data.eval_results[0].metric_value
     0.5
+    >>> baseline = render_model_card(repo_id="me/smollm2-baseline", kind="baseline",
+    ...     eval_results=eval_results_from_report(report))
+    >>> [r.metric_type for r in baseline.data.eval_results]
+    ['accuracy']
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
@@ -26,9 +34,12 @@ from modeling_multiverse.modeling_multiverse import SPEC_FILE
 
 TEMPLATES = Path(__file__).resolve().parent
 MODEL_TEMPLATE = TEMPLATES / "model_card.md"
+BASELINE_TEMPLATE = TEMPLATES / "baseline_card.md"
 DATASET_TEMPLATE = TEMPLATES / "dataset_card.md"
 
 MODEL_TAGS: tuple[str, ...] = ("multiverse", "parallel-reasoning", "reasoning", "text-generation")
+# The baseline does not write the Multiverse format: no `multiverse` tag, which would claim it does
+BASELINE_TAGS: tuple[str, ...] = ("multiverse-baseline", "autoregressive", "reasoning", "text-generation")
 DATASET_TAGS: tuple[str, ...] = ("multiverse", "parallel-reasoning", "reasoning", "chain-of-thought")
 
 # (dataset id on the Hub, pretty name) for the kinds `multiverse eval` knows
@@ -45,6 +56,35 @@ REPORT_METRICS: tuple[tuple[str, str], ...] = (
     ("well_formed", "Well-formed responses"),
     ("parallelism", "Degree of parallelism"),
 )
+
+
+CardKind = Literal["multiverse", "baseline"]
+
+
+@dataclass(frozen=True)
+class _CardStyle:
+    """What differs between the card of a Multiverse model and that of its autoregressive baseline."""
+
+    template: Path
+    tags: tuple[str, ...]
+    summary: str
+    omitted_metrics: tuple[str, ...] = ()  # metric types that mean nothing for the model: left out of its card
+
+
+_STYLES: dict[str, _CardStyle] = {
+    "multiverse": _CardStyle(
+        MODEL_TEMPLATE,
+        MODEL_TAGS,
+        "A Multiverse reasoning model: it forks its reasoning into parallel paths and merges them.",
+    ),
+    # a baseline writes no blocks: every response is "well-formed" and its parallelism is 1 by construction
+    "baseline": _CardStyle(
+        BASELINE_TEMPLATE,
+        BASELINE_TAGS,
+        "The autoregressive baseline of a Multiverse model: the same base and data, as plain sequential text.",
+        ("well_formed", "parallelism"),
+    ),
+}
 
 
 def eval_results_from_report(
@@ -100,43 +140,57 @@ def render_model_card(
     license: str = "apache-2.0",
     language: str = "en",
     tags: Sequence[str] = (),
-    summary: str = "A Multiverse reasoning model: it forks its reasoning into parallel paths and merges them.",
+    summary: str | None = None,
     training: Mapping[str, Any] | None = None,
     limitations: str | None = None,
     spec: str | None = SPEC_FILE,
+    kind: CardKind = "multiverse",
 ) -> ModelCard:
-    """A `ModelCard` for a Multiverse model folder (save it as the folder's README.md).
+    """A `ModelCard` for a model folder (save it as the folder's README.md).
 
+    `kind="multiverse"` (default) describes a Multiverse model: fork/merge decoding, loaded with its remote code.
+    `kind="baseline"` describes the autoregressive baseline saved as its base's own class (`trl_recipes/plain.py`):
+    loaded with plain `AutoModelForCausalLM.from_pretrained`, served by stock servers; only its accuracy goes
+    into the model-index (well-formedness and parallelism say nothing about a model that never forks).
     `eval_results` become the card's model-index; `reports` (the `evaluate` dicts they came from)
     add problem counts and mean tokens to the evaluation table. `training` is a {setting: value} table.
-    `spec` is the specification's path in the folder (`save_pretrained` of a Multiverse model writes it),
-    linked from the card; None for a folder without it (the autoregressive baseline).
+    `summary` defaults to a sentence for the kind. `spec` is the specification's path in a Multiverse folder
+    (`save_pretrained` of a Multiverse model writes it), linked from the card; None for a folder without it.
+    The baseline's card never links it.
+
+    >>> card = render_model_card(repo_id="me/smollm2-ar", kind="baseline")  # doctest: +SKIP
+    >>> "trust_remote_code" in card.text  # doctest: +SKIP
+    False
     """
     if not repo_id or "/" not in repo_id:
         raise ValueError(f"repo_id must look like 'owner/name', got {repo_id!r}")
+    if kind not in _STYLES:
+        raise ValueError(f"kind must be one of {', '.join(_STYLES)}, got {kind!r}")
+    style = _STYLES[kind]
+    eval_results = [r for r in eval_results or () if r.metric_type not in style.omitted_metrics]
     model_name = repo_id.split("/")[-1]
     card_data = ModelCardData(
         base_model=base_model,
         datasets=list(datasets) if datasets else None,
-        eval_results=list(eval_results) if eval_results else None,
+        eval_results=eval_results or None,
         model_name=model_name,
         language=language,
         library_name="transformers",
         license=license,
         pipeline_tag="text-generation",
-        tags=list(dict.fromkeys([*MODEL_TAGS, *tags])),
+        tags=list(dict.fromkeys([*style.tags, *tags])),
     )
     return ModelCard.from_template(
         card_data,
-        template_path=str(MODEL_TEMPLATE),
+        template_path=str(style.template),
         model_title=model_name,
         repo_id=repo_id,
-        summary=summary,
-        results=_results_table(eval_results or (), reports),
+        summary=summary or style.summary,
+        results=_results_table(eval_results, reports),
         training=dict(training) if training else None,
         limitations=limitations,
         parallel_instruction=PARALLEL_INSTRUCTION,
-        spec=spec,
+        spec=spec if kind == "multiverse" else None,
     )
 
 
@@ -197,6 +251,7 @@ def render_dataset_card(
 
 __all__ = [
     "EVAL_DATASETS",
+    "CardKind",
     "eval_results_from_report",
     "render_dataset_card",
     "render_model_card",

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from evaluation.baseline import engine_model
+from evaluation.baseline import engine_model, require_baseline_tokenizer
 from evaluation.distributed import add_parallel_argument, load_model, run_evaluation
 from evaluation.evaluate import (
     evaluate,
@@ -95,12 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if config["model_type"] == "multiverse":
         config = multiverse_config(args.model, "--model")  # its tag ids checked before anything loads
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    if config["model_type"] != "multiverse" and not is_multiverse_tokenizer(tokenizer):
+    if config["model_type"] != "multiverse":
         # a plain model is evaluated only as a trained baseline: its tokenizer has the tags (SPEC.md §2)
-        raise ValueError(
-            f"--model {args.model} is a plain {config['model_type']!r} model without the Multiverse tags: convert it "
-            f"first with `multiverse convert --base {args.model} --out DIR` and use DIR"
-        )
+        require_baseline_tokenizer(config["model_type"], tokenizer, args.model, "--model")
     context = context_length(config)
     if context is not None and args.max_new_tokens > context:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens")

@@ -448,6 +448,7 @@ def _cards(summary: dict, reports: dict[str, Path], models: dict[str, Path]) -> 
                    else ", flattened to plain sequential text: the autoregressive baseline.")
             ),
             training={"recipe": recipe, "examples": summary["n_train"]},
+            kind="multiverse" if recipe == "multiverse" else "baseline",  # the baseline loads as its base's class
         )
         card.save(folder / "README.md")
 

@@ -4,11 +4,16 @@ The prompt is built by the one prompt builder (`modeling_multiverse.prompt_ids`)
 the "in parallel" instruction (SPEC.md §2), through the model's chat template. Prints the response and the
 engine's statistics (SPEC.md §8), or one JSON object.
 
+The autoregressive baseline (a plain Qwen2/Llama folder whose tokenizer keeps the tags, `trl_recipes/plain.py`)
+is answered too, through the same engine with Multiverse Attention off (`evaluation/baseline.py`): one token per
+step, parallelism 1.0. A plain model without the tags is a base to convert first and is refused.
+
 Under `torchrun --nproc-per-node N` (or `accelerate launch`) the model is split over the N processes with
 transformers' tensor parallelism (`runtime/distributed.py`); every process decodes in lockstep, rank 0 prints.
 
 Example:
     $ multiverse generate --model out/smollm2-multiverse --prompt "What is 12 * 13?" --max-new-tokens 256
+    $ multiverse generate --model runs/demo/autoregressive-model --prompt "What is 12 * 13?"
     $ torchrun --nproc-per-node 2 -m multiverse.cli generate --model out/smollm2-multiverse --prompt "What is 12 * 13?"
 """
 
@@ -24,7 +29,8 @@ import time
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multiverse generate", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", required=True, help="a Multiverse model folder (from `multiverse convert` or training)"
+        "--model", required=True,
+        help="a Multiverse model folder (from `multiverse convert` or training), or an autoregressive baseline's",
     )
     parser.add_argument("--prompt", required=True, help="the question")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="budget over all branches (default 512)")
@@ -55,15 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.prompt.strip():
         raise ValueError("--prompt is empty")
 
-    from runtime.paths import context_length, multiverse_config
+    from transformers import AutoTokenizer
 
-    config = multiverse_config(args.model, "--model")  # before loading: a plain model would load as random weights
+    from runtime.paths import context_length, model_config, multiverse_config
+
+    config = model_config(args.model, "--model")  # read before anything loads: a bad folder fails fast
+    plain = config["model_type"] != "multiverse"
+    if not plain:
+        config = multiverse_config(args.model, "--model")  # its tag ids checked too
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    # a plain folder decodes as the autoregressive baseline; one that is not a baseline is refused before it loads
+    baseline = _baseline_config(config, tokenizer, args.model) if plain else None
     context = context_length(config)
     if context is not None and args.max_new_tokens >= context:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens} exceeds the model's context of {context} tokens")
 
     import torch
-    from transformers import AutoTokenizer
 
     from modeling_multiverse import MultiverseForCausalLM, prompt_ids
     from runtime.distributed import Launch, finish, tensor_parallel_kwargs
@@ -72,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     launch = Launch.from_env()  # under torchrun: tensor parallel over the launched processes
     # one process decodes on the CPU; tensor parallel slices go to cuda:LOCAL_RANK where there is a GPU
     precision = choose_precision(args.precision, "cuda" if launch.distributed and torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
     ids = prompt_ids(tokenizer, args.prompt, parallel=not args.no_instruction)  # a tag in the prompt is text
     if context is not None and len(ids) + args.max_new_tokens > context:
         raise ValueError(
@@ -80,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             f"context of {context} tokens; pass --max-new-tokens {context - len(ids)} or less"
         )
     parallel = tensor_parallel_kwargs(launch, config.get("text_config") or config)
+    if baseline is not None:  # the baseline's weights load as they are into the engine's class, attention off
+        parallel = {**parallel, "config": baseline}
     model = MultiverseForCausalLM.from_pretrained(args.model, dtype=precision.dtype, **parallel)
     model.eval()
     inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
@@ -129,6 +143,21 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _baseline_config(config: dict, tokenizer, name: str):
+    """The engine's `MultiverseConfig` for a plain folder; ValueError if the folder is no trained baseline: a family
+    the engine does not decode, or a tokenizer without the tags (a base to convert first)."""
+    from evaluation.baseline import engine_config, require_baseline_tokenizer
+    from modeling_multiverse import SUPPORTED_BASES
+
+    if config["model_type"] not in SUPPORTED_BASES:
+        raise ValueError(
+            f"--model {name} is a {config['model_type']!r} model: generate decodes Multiverse models and the plain "
+            f"{' and '.join(SUPPORTED_BASES)} baselines trained beside them"
+        )
+    require_baseline_tokenizer(config["model_type"], tokenizer, name, "--model")
+    return engine_config(config, tokenizer)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,37 @@ def test_bad_arguments_are_named():
 def test_model_card_links_the_spec_shipped_beside_the_weights():
     assert "[SPEC.md](SPEC.md)" in render_model_card(repo_id="someone/tiny").text
     assert "SPEC.md" not in render_model_card(repo_id="someone/baseline", spec=None).text
+
+
+def test_baseline_card_loads_plainly_and_reports_accuracy_only(tmp_path):
+    results = [r for report in REPORTS for r in eval_results_from_report(report)]
+    card = render_model_card(
+        repo_id="someone/smollm2-autoregressive",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        eval_results=results,
+        reports=REPORTS,
+        training={"recipe": "autoregressive"},
+        kind="baseline",
+    )
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+    text, data = loaded.text, loaded.data.to_dict()
+    assert "trust_remote_code" not in text and "SPEC.md" not in text
+    assert 'AutoModelForCausalLM.from_pretrained("someone/smollm2-autoregressive")' in text
+    assert "autoregressive baseline" in text and "vllm serve someone/smollm2-autoregressive" in text
+    assert "multiverse" not in data["tags"] and "multiverse-baseline" in data["tags"]
+    assert {r.metric_type for r in loaded.data.eval_results} == {"accuracy"}  # no fork/merge measures
+    assert "| MATH-500 | 500 | 45.7% | 812 |" in text
+    assert "parallelism" not in text.lower() and "well-formed" not in text
+
+
+def test_the_multiverse_card_is_what_it_was(tmp_path):
+    """`kind` defaults to the Multiverse card, and the baseline's template leaves it as it was."""
+    results = eval_results_from_report(REPORTS[0])
+    default = render_model_card(repo_id="someone/tiny", eval_results=results, reports=REPORTS[:1])
+    explicit = render_model_card(repo_id="someone/tiny", eval_results=results, reports=REPORTS[:1], kind="multiverse")
+    assert str(default) == str(explicit)
+    assert "trust_remote_code=True" in default.text and "well-formed" in default.text
+    assert len(default.data.eval_results) == 3
+    with pytest.raises(ValueError, match="kind"):
+        render_model_card(repo_id="someone/tiny", kind="plain")

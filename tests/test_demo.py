@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from multiverse.demo import DemoSettings, run_demo
+from multiverse.demo import DemoSettings, _cards, run_demo
 
 SUMMARY_KEYS = {
     "n_eval", "accuracy_multiverse", "accuracy_autoregressive", "well_formed", "parallelism", "speedup",
@@ -51,7 +51,9 @@ def check_run(out, summary, settings):
         else:  # the baseline is the base's own class: stock engines load it without remote code (issue 27)
             assert config["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in config
             assert not (folder / "custom_generate").exists()
-        assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (folder / "README.md").read_text()
+        card = (folder / "README.md").read_text()
+        assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+        assert ("trust_remote_code=True" in card) == (model == "multiverse-model")  # the baseline loads plainly
     summary_file = json.loads((out / "summary.json").read_text())
     for name in ("multiverse", "autoregressive"):
         assert 0.0 <= summary_file[f"step_accuracy_{name}"] <= 1.0
@@ -146,3 +148,18 @@ def test_demo_seeds_trains_two_seeds_on_the_runs_data_and_resumes(micro_run, tmp
     assert reused["from_run"] == str(run) and not (own / f"seed-{MICRO.seed}" / "multiverse-model").exists()
     want = json.loads((run / "eval-multiverse.json").read_text())["accuracy"]
     assert reused["multiverse"]["accuracy"] == want
+
+
+def test_the_demo_gives_each_model_the_card_of_its_kind(tmp_path):
+    report = {"kind": "builtin", "n": 4, "accuracy": 0.5, "well_formed": 1.0, "parallelism": 1.3, "mean_tokens": 90.0}
+    reports, models = {}, {}
+    for recipe in ("multiverse", "autoregressive"):
+        reports[recipe] = tmp_path / f"{recipe}.json"
+        reports[recipe].write_text(json.dumps(report))
+        models[recipe] = tmp_path / recipe
+        models[recipe].mkdir()
+    _cards({"n_train": 8}, reports, models)
+    multiverse, baseline = ((models[r] / "README.md").read_text() for r in ("multiverse", "autoregressive"))
+    assert "trust_remote_code=True" in multiverse and "trust_remote_code" not in baseline
+    assert "AutoModelForCausalLM.from_pretrained(" in baseline and "autoregressive baseline" in baseline
+    assert "type: parallelism" in multiverse and "type: parallelism" not in baseline  # model-index

@@ -4,8 +4,9 @@ A baseline trained from a converted base is a `MultiverseForCausalLM` with Multi
 causal LM of the base family with twelve added tokens. Saved as such it needs our remote code, which stock
 servers (`transformers serve`, vLLM) refuse. `save_plain_baseline` rewrites its folder as the base family's
 class (`LlamaForCausalLM` for SmolLM2, `Qwen2ForCausalLM` for Qwen2): same weights, same tokenizer with the
-tags and the chat template, no `auto_map`, no modeling files, no `custom_generate/`. `multiverse eval` still
-evaluates it (its tokenizer has the tags, so it gets the prompt it was trained on).
+tags and the chat template, no `auto_map`, no modeling files, no `custom_generate/`, no `SPEC.md`. `multiverse
+eval` and `multiverse generate` still decode it (its tokenizer has the tags, so it gets the prompt it was trained
+on). A LoRA-trained baseline is merged first (`trl_recipes/export.py`), then saved the same way.
 
 Example:
     >>> save_plain_baseline(trained_model, "out/autoregressive-model")  # doctest: +SKIP
@@ -21,9 +22,12 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from modeling_multiverse import MultiverseForCausalLM
+from modeling_multiverse.modeling_multiverse import SPEC_FILE
 
 # What a Multiverse model's save_pretrained writes besides the tokenizer: replaced by the plain model's own files
-_MULTIVERSE_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+_MULTIVERSE_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", SPEC_FILE
+)
 
 
 def plain_model(model: MultiverseForCausalLM) -> PreTrainedModel:
@@ -56,7 +60,8 @@ def plain_model(model: MultiverseForCausalLM) -> PreTrainedModel:
 def save_plain_baseline(model: MultiverseForCausalLM, folder: str | Path) -> Path:
     """Replace the Multiverse weights, config and code of a saved baseline `folder` with the plain model's.
 
-    The tokenizer, the model card and the trainer's files stay. Returns the folder.
+    The tokenizer, the model card and the trainer's files stay (an `adapter/` too). A folder with no Multiverse
+    save in it yet gets the plain model's files alone. Returns the folder.
     """
     folder = Path(folder)
     plain = plain_model(model)

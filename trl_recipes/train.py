@@ -122,12 +122,8 @@ def train(
         "precision_reason": getattr(config, "precision_reason", ""),
     }
     output_dir = Path(config.output_dir)
+    # the baseline, LoRA-trained or not, is saved as its base's own class (trl_recipes/export.py)
     save_hub_ready(trainer, output_dir, recipe=recipe, base_model=base_name, training=training)
-    plain = recipe == "autoregressive" and isinstance(trainer.model, MultiverseForCausalLM)
-    if plain and trainer.accelerator.is_main_process:
-        from .plain import save_plain_baseline
-
-        save_plain_baseline(trainer.model, output_dir)  # the base's own class: stock servers load it (issue 27)
     history = trainer.state.log_history
     return TrainOutcome(output_dir, [h["loss"] for h in history if "loss" in h], report, history)
 
