@@ -132,14 +132,21 @@ class EngineCache(Cache):
         for layer in self.layers:
             layer.select_columns(index)
 
-    def splice(self, rows: list[int], other: EngineCache, batch: int) -> None:
-        """Append the columns of `other` (a cache of one row) to each of `rows` of this cache's `batch` rows;
-        the other rows get zeros there."""
+    def splice(self, rows: list[int], other: EngineCache, batch: int, length: int) -> None:
+        """Write the columns of `other` (a cache of one row, n tokens) into each of `rows` at columns 0..n-1.
+
+        This cache has `batch` rows and `length` filled columns; the rows written are new ones, whose columns hold
+        zeros that none of their branches sees, so their own prompt can take the first n of them (rows are
+        independent: the other rows never see them). When n exceeds `length`, the cache first grows by zero
+        columns for every row. A joining prompt thus costs no columns beyond the longest row's.
+        """
+        n = other.get_seq_length()
         for layer, source in zip(self.layers, other.layers):
-            keys = source.keys.new_zeros(batch, *source.keys.shape[1:])
-            values = source.values.new_zeros(batch, *source.values.shape[1:])
-            keys[rows], values[rows] = source.keys[0], source.values[0]
-            layer.update(keys, values)
+            if n > length:
+                shape = (batch, source.keys.shape[1], n - length, source.keys.shape[-1])
+                layer.update(source.keys.new_zeros(shape), source.values.new_zeros(shape))
+            layer.key_buffer[rows, :, :n] = source.keys[0]
+            layer.value_buffer[rows, :, :n] = source.values[0]
 
 
 class VisibilityTable:

@@ -317,12 +317,13 @@ class MultiverseEngine:
         self._stream(seq).open(seq.stream_row, seq.root)  # streaming hook
 
     def _prefill_joined(self) -> None:
-        """Prefill a prompt that joined a running batch in a forward pass of its own, then splice its keys and
-        values into its cache row (zeros in the other rows): in the shared step every other row would compute
-        as many padding queries. Its last token stays pending: it is fed with the others' next tokens.
+        """Prefill a prompt that joined a running batch in a forward pass of its own, then write its keys and
+        values into the first columns of its new cache row (`EngineCache.splice`): in the shared step every
+        other row would compute as many padding queries, and appended columns would widen every row's
+        attention. Its last token stays pending: it is fed with the others' next tokens, at the frontier.
 
         With `share_prefill`, rows that join at once with the same prompt (the `n` answers of one request)
-        take one pass between them, also into an idle engine: the same keys and values, spliced into each row.
+        take one pass between them, also into an idle engine: the same keys and values, written into each row.
         """
         joining: dict[tuple[int, ...], list[int]] = {}
         for row, seq in enumerate(self.rows):
@@ -347,14 +348,14 @@ class MultiverseEngine:
                 use_cache=True,
                 logits_to_keep=torch.tensor([n - 1], device=device),
             )
-            self.cache.splice(rows, alone, len(self.rows))
-            self.visibility.ensure(max(len(self.rows[row].branches) for row in rows) + 1, self.cache_length + n)
+            self.cache.splice(rows, alone, len(self.rows), self.cache_length)
+            self.cache_length = max(self.cache_length, n)
+            self.visibility.ensure(max(len(self.rows[row].branches) for row in rows) + 1, self.cache_length)
             for row in rows:
                 root = self.rows[row].root
-                self.visibility.visible[row, root.slot, self.cache_length : self.cache_length + n] = True
+                self.visibility.visible[row, root.slot, :n] = True
                 root.position += n
                 root.pending = root.pending[n:]
-            self.cache_length += n
 
     def _forward(self, step: StepInputs) -> None:
         """One forward pass. Host to device: the packed step only; the mask is built on the device."""
@@ -451,14 +452,15 @@ class MultiverseEngine:
             self.cache, self.visibility, self.cache_length = None, None, 0
 
     def _compact(self) -> None:
-        """Drop the cache columns no branch of any running row sees any more, once they are half the cache.
+        """Drop the cache columns no branch of any running row sees any more, once they are an eighth of it
+        (at least 16): attention reads every column, seen or not, so dead ones cost every step.
 
         No branch can see them later either: a fork copies what its parent sees, a merge what a path saw,
         and new tokens go to new columns. Keys keep their rotary positions, so nothing is recomputed.
         """
         live = self.visibility.visible[:, 1:, : self.cache_length].any(1).any(0)  # slot 0 is padding's
         kept = int(live.sum())
-        if self.cache_length < 64 or kept > self.cache_length // 2:
+        if self.cache_length < 64 or self.cache_length - kept < max(16, self.cache_length // 8):
             return
         index = live.nonzero().squeeze(1)
         self.cache.select_columns(index)

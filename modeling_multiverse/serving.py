@@ -20,7 +20,7 @@ Requests admitted at the same step with the same prompt (the `n` answers of one 
 prefill: one forward pass, its keys and values spliced into each of their rows.
 
 Memory: a finished row's cache row is dropped at once; cache columns that no running row sees any more
-(what the oldest requests wrote) are compacted away once they are half the cache; an idle engine frees
+(what the oldest requests wrote) are compacted away once they are an eighth of the cache; an idle engine frees
 its buffers. `stats()` reports running and waiting requests, cache columns and the tokens still seen.
 
 Only torch and transformers, like the rest of the core.
