@@ -550,6 +550,11 @@ def run(args: argparse.Namespace, records: list[dict], tokenizer, log_dir: Path)
         static["same_text_as_server"] = sum(a == b for a, b in zip(static["texts"], first))
         same = f"  same text as the server at C={args.concurrency[0]}: {static['same_text_as_server']}/{len(first)}"
         print(row("generate(), static batches", f"B={args.static_batch}", static) + same, flush=True)
+        for c, run in report["servers"]["multiverse serve"].items():  # greedy: a request's text whatever runs beside it
+            run["same_text_as_static"] = sum(a == b for a, b in zip(run["texts"], static["texts"]))
+        print("# multiverse serve texts equal to static generate(): " + ", ".join(
+            f"C={c} {run['same_text_as_static']}/{len(run['texts'])}"
+            for c, run in report["servers"]["multiverse serve"].items()), flush=True)
     if args.baseline is not None:
         baseline = baseline_server(args, log_dir)
         try:
