@@ -120,31 +120,28 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def plain_server(model_dir, tmp_path_factory):
+def cli_server(model_dir: Path, log: Path, *flags: str):
+    """`multiverse serve` on the tiny model in fp32 with `flags`: yields (url, log), stops it afterwards."""
     port = free_port()
-    log = tmp_path_factory.mktemp("logs") / "plain.log"
     command = [
         sys.executable, "-m", "multiverse.cli", "serve", "--model", str(model_dir), "--port", str(port),
-        "--precision", "fp32",
+        "--precision", "fp32", *flags,
     ]
     process = start_server(command, port, log)
     yield f"http://127.0.0.1:{port}", log
     stop(process)
+
+
+@pytest.fixture(scope="module")
+def plain_server(model_dir, tmp_path_factory):
+    yield from cli_server(model_dir, tmp_path_factory.mktemp("logs") / "plain.log")
 
 
 @pytest.fixture(scope="module")
 def narrow_server(model_dir, tmp_path_factory):
     """One request decoded at a time, one more may wait."""
-    port = free_port()
     log = tmp_path_factory.mktemp("logs") / "narrow.log"
-    command = [
-        sys.executable, "-m", "multiverse.cli", "serve", "--model", str(model_dir), "--port", str(port),
-        "--precision", "fp32", "--max-running", "1", "--max-waiting", "1",
-    ]
-    process = start_server(command, port, log)
-    yield f"http://127.0.0.1:{port}", log
-    stop(process)
+    yield from cli_server(model_dir, log, "--max-running", "1", "--max-waiting", "1")
 
 
 @pytest.fixture(scope="module")
