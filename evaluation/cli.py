@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from evaluation.baseline import engine_model, require_baseline_tokenizer
+from evaluation.continuous import use_continuous
 from evaluation.distributed import add_parallel_argument, load_model, run_evaluation
 from evaluation.evaluate import (
     evaluate,
@@ -49,9 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="problems decoding at once")
     parser.add_argument(
         "--batching",
-        choices=("continuous", "static"),
-        default="continuous",
-        help="continuous: finished problems are replaced at once (default); static: batches wait on their longest",
+        choices=("auto", "continuous", "static"),
+        default="auto",
+        help="continuous: finished problems are replaced at once; static: batches wait on their longest; "
+        "auto (default): continuous on an accelerator, static on a CPU, where refilling does not pay",
     )
     parser.add_argument(
         "--parallel-prompt",
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate_samples(model, tokenizer, part, kind, args.num_samples, args.max_new_tokens,
                                     parallel_prompt, args.temperature, args.top_p, args.seed)
         return evaluate(model, tokenizer, part, kind, args.max_new_tokens, args.batch_size, parallel_prompt,
-                        continuous=args.batching == "continuous")
+                        continuous=use_continuous(args.batching, model.device))
 
     summary = summarize_samples if args.num_samples > 1 else summarize
     report = run_evaluation(evaluate_part, records, args.batch_size, kind, launch, summary, args.parallel)

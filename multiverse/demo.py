@@ -245,6 +245,7 @@ def _evaluate(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evaluation.baseline import engine_model
+    from evaluation.continuous import use_continuous
     from evaluation.evaluate import evaluate, load_records
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).eval()
@@ -254,7 +255,7 @@ def _evaluate(
     # both models were trained on the same prompts, the parallel instruction included
     report = evaluate(
         model, tokenizer, records, "builtin", max_new_tokens=settings.max_new_tokens,
-        batch_size=batch_size, parallel_prompt=True, continuous=True,  # finished problems are refilled
+        batch_size=batch_size, parallel_prompt=True, continuous=use_continuous("auto", model.device),
     )
     write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
 
