@@ -519,6 +519,7 @@ def run(args: argparse.Namespace, records: list[dict], tokenizer, log_dir: Path)
     """The sweeps, the static run, the baseline and the fault mode; prints the table; returns the exit status."""
     from transformers import AutoTokenizer
 
+    from runtime.paths import write_text_atomic
     from runtime.precision import hardware_line, hardware_report
 
     report: dict = {"hardware": hardware_line(hardware_report("cpu")), "settings": {
@@ -563,7 +564,7 @@ def run(args: argparse.Namespace, records: list[dict], tokenizer, log_dir: Path)
         finally:
             baseline.stop()
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_text_atomic(Path(args.json), json.dumps(report, indent=2, default=str) + "\n")
     return status
 
 

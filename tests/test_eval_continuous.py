@@ -1,11 +1,12 @@
 """`multiverse eval` with continuous batching: finished problems are refilled at once, and every problem's
-response and statistics equal the static batches' (fp32, greedy)."""
+response and statistics equal the static batches' (fp32, greedy); `--batching auto` refills on an accelerator only."""
 
 from __future__ import annotations
 
 import torch
 from tiny import tiny_model
 
+from evaluation.continuous import use_continuous
 from evaluation.evaluate import evaluate
 from modeling_multiverse import tag_ids_from_tokenizer
 
@@ -29,3 +30,9 @@ def test_continuous_eval_equals_static_batches():
     assert rows[0] == rows[1]
     lengths = [r["generated_tokens"] for r in static["records"]]
     assert lengths[:2] == [32, 32] and min(lengths) == 1  # two long problems: the short ones are refilled beside them
+
+
+def test_auto_batching_refills_on_an_accelerator_only():
+    assert use_continuous("auto", "cuda:0") and use_continuous("auto", torch.device("cuda", 1))
+    assert not use_continuous("auto", "cpu") and not use_continuous("auto", torch.device("cpu"))
+    assert use_continuous("continuous", "cpu") and not use_continuous("static", "cuda")
