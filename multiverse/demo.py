@@ -30,9 +30,9 @@ class DemoSettings:
     """Sizes of a run. `quick()` is the CI-sized run; the defaults are the full one.
 
     The sizes aim at a 2-core CPU (a 16-step run took 28.6 minutes on 2 AVX2-held Xeon cores in fp32; today's 24
-    steps need 43.5 minutes of a 2-core Zen 4's CPU time in bf16). SmolLM2-135M costs 0.27 GFLOP per token
-    forward and 0.81 to train (`benchmarks/demo_costs.py` prints the measured costs; the README's Timings
-    section has the arithmetic and each stage).
+    steps need about 30 minutes of a 2-core Zen 4's CPU time in bf16, evaluated in static batches). SmolLM2-135M
+    costs 0.27 GFLOP per token forward and 0.81 to train (`benchmarks/demo_costs.py` prints the measured costs;
+    the README's Timings section has the arithmetic and each stage).
     """
 
     n_train: int = 1000
@@ -50,7 +50,8 @@ class DemoSettings:
     # -1 trains `epochs` in full. Sixteen steps at a 4e-4 peak reached after 2 warm-up steps left the baseline
     # on a knife edge (issue 27: its accuracy ranged from 0.09 to 0.83 across runs); 24 steps at 3e-4 after
     # 4 warm-up steps give Adam's moments more than two gradients before the peak and both models room to
-    # learn the sums (`benchmarks/demo_seeds.py` measures the spread over seeds).
+    # learn the sums. Over seeds 7-9 every model was sound, yet accuracy still spread by 7.5 points
+    # (`benchmarks/demo_seeds.py`, README): one wrong sum in ten steps costs the answer.
     max_steps: int = 24
     batch_size: int = 2
     gradient_accumulation: int = 2
