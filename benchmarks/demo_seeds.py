@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from runtime.arguments import OneLineParser  # noqa: E402
+
 METRICS = ("accuracy", "step_accuracy", "well_formed", "parallelism")
 """Per-model measures of an eval report that the table summarises (plus the per-problem speedup)."""
 OVERRIDES = (
@@ -188,16 +190,8 @@ def load_run_settings(run: Path, overrides: dict):
     return settings
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments in one line on stderr, exit status 2 (the CLI's convention)."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="demo_seeds.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="demo_seeds.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="a `multiverse demo --out` folder (data, base)")
     parser.add_argument("--out", required=True, type=Path, help="folder for the seeds' models and reports (resumed)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9], help="training seeds (default 7 8 9)")

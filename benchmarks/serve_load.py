@@ -42,13 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad arguments print one line and exit 2."""
-
-    def error(self, message: str):
-        print(f"serve_load: {message}", file=sys.stderr)
-        sys.exit(2)
+from runtime.arguments import OneLineParser  # noqa: E402
 
 
 def counts(text: str) -> list[int]:

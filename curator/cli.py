@@ -12,6 +12,8 @@ import argparse
 import json
 import math
 
+from runtime.arguments import OneLineParser
+
 from .pipeline import curate_file, format_summary
 from .validate import DEFAULT_MIN_COVERAGE
 
@@ -19,7 +21,7 @@ MAX_WORKERS = 256  # threads, each holding a request: more only exhausts the mac
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="multiverse curate", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="multiverse curate", description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="JSONL with {id, sequential} and usually question, answer")
     parser.add_argument(
         "--output", required=True, help="JSONL {id, status, multiverse, reason, scores}; resumed if it exists"

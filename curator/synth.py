@@ -29,6 +29,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from runtime.arguments import OneLineParser
+
 NAMES = ("Tom", "Ann", "Ben", "Eva", "Max", "Lia", "Sam", "Zoe", "Leo", "Mia", "Kai", "Ivy")
 ITEMS = ("marbles", "apples", "stickers", "coins", "cards", "shells", "stamps", "pencils")
 CONTAINERS = ("boxes", "bags", "jars", "packs")
@@ -269,7 +271,7 @@ def _range(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="multiverse data", description="write built-in problems with sequential chains of thought"
     )
     sub = parser.add_subparsers(dest="command", required=True)

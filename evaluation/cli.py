@@ -36,12 +36,13 @@ from evaluation.sampling import (
     summarize_samples,
 )
 from modeling_multiverse.engine import MERGE_MODES
+from runtime.arguments import OneLineParser
 from runtime.distributed import Launch
 from runtime.precision import PRECISIONS, choose_precision
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="multiverse eval", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="multiverse eval", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="model folder or Hub id")
     parser.add_argument("--data", required=True, help="JSONL task file")
     parser.add_argument("--kind", choices=KINDS, help="answer kind; detected from the fields when left out")

@@ -17,13 +17,14 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import html
 import queue
 import re
 import sys
 import threading
 from pathlib import Path
+
+from runtime.arguments import OneLineParser
 
 DEFAULT_MODEL = "runs/demo/multiverse-model"
 
@@ -258,7 +259,7 @@ def load(model_dir: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multiverse app", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="multiverse app", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help=f"a Multiverse model folder (default {DEFAULT_MODEL} if present)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")

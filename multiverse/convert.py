@@ -12,11 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
 from pathlib import Path
+
+from runtime.arguments import OneLineParser
 
 from .embedded import EMBEDDED_ID, EMBEDDED_NAME, smollm2_gguf
 
@@ -153,7 +154,7 @@ def _write_extras(folder: Path, base_name: str, repo_id: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multiverse convert", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="multiverse convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="`smollm2`, a Qwen2/Llama model folder, or a .gguf file")
     parser.add_argument("--out", required=True, help="output folder (Hub-ready)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -15,13 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from runtime.arguments import OneLineParser
 from runtime.paths import write_text_atomic
 
 
@@ -457,7 +457,7 @@ def _cards(summary: dict, reports: dict[str, Path], models: dict[str, Path]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multiverse demo", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="multiverse demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="run folder (a rerun resumes it)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run: small data and few steps")
     parser.add_argument(

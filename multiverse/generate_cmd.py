@@ -19,15 +19,16 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import time
 
+from runtime.arguments import OneLineParser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multiverse generate", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="multiverse generate", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model", required=True,
         help="a Multiverse model folder (from `multiverse convert` or training), or an autoregressive baseline's",

@@ -10,11 +10,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from runtime.arguments import OneLineParser
 
 
 def read_responses(path: str | Path, field: str) -> Iterator[tuple[str, str]]:
@@ -94,7 +95,7 @@ def _load_tokenizer(folder: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multiverse inspect", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="multiverse inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", help="JSONL file, one record per line")
     parser.add_argument("--field", default="response", help="the text field holding the response")
     parser.add_argument(

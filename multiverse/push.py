@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -22,6 +21,8 @@ from huggingface_hub import DatasetCard, HfApi, ModelCard
 from huggingface_hub import errors as hub_errors
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from runtime.arguments import OneLineParser
 
 # The base error of the HTTP client the Hub library uses (connection failures included), whichever client it is.
 _HTTP_ERROR: type[Exception] = getattr(hub_errors, "HTTPError", OSError)
@@ -159,7 +160,7 @@ def push_folder(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multiverse push", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="multiverse push", description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="model or dataset folder")
     parser.add_argument("--repo-id", required=True, help="owner/name on the Hub")
     parser.add_argument("--repo-type", choices=("model", "dataset"), help="detected from the folder when left out")

@@ -47,6 +47,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from runtime.arguments import OneLineParser
+
 
 class TextStream:
     """A request's streamer (transformers' put/end): the canonical token stream in, text deltas out to `emit`.
@@ -659,14 +661,6 @@ def _lockstep(model, tokenizer, max_running: int, launch) -> Callable | None:
         signal.signal(stop, signal.SIG_IGN)
     follow_engine(local(), launch, renew=local)
     return None
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad arguments print one line (`prog: message`) and exit 2."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _count(minimum: int):

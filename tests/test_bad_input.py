@@ -132,6 +132,26 @@ def test_unknown_command_and_argparse_errors_exit_2(capsys):
     assert "--model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["eval", "--model", "m", "--data", "d", "--batching", "foo"], ["multiverse eval:", "--batching", "'foo'"]),
+        (["demo", "--precision", "fp8"], ["multiverse demo:", "--precision"]),
+        (["convert"], ["multiverse convert:", "--base"]),
+        (["curate", "--input", "x"], ["multiverse curate:", "--output"]),
+        (["data", "synth", "--n", "x"], ["multiverse data synth:", "'x'"]),
+        (["inspect"], ["multiverse inspect:", "file"]),
+        (["push", "folder"], ["multiverse push:", "--repo-id"]),
+        (["app", "--port", "x"], ["multiverse app:", "--port"]),
+        (["serve", "--max-running", "0"], ["multiverse serve:", "--max-running"]),
+    ],
+)
+def test_every_command_says_a_bad_argument_in_one_line(capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    refused((exit_info.value.code, *capsys.readouterr()), *words)
+
+
 def test_closed_pipe_ends_quietly(capsys, tmp_path, folders, monkeypatch):
     data = tmp_path / "responses.jsonl"
     data.write_text("".join(json.dumps({"id": str(i), "response": example_response()}) + "\n" for i in range(3)))
