@@ -13,7 +13,8 @@ by changing what they gave: it prints one line on stderr, `multiverse <command>:
   of another size than config.json says, a value out of its range), and the line names what was being loaded.
 Anything else (a `RuntimeError` from torch, a `KeyError`, ...) is a bug or an environment problem and keeps its
 traceback. `--debug` before the command (or after it, except for `train`, whose `--debug` is TRL's), or
-`MULTIVERSE_DEBUG=1`, shows the traceback of expected errors too. Argument errors exit 2 through argparse.
+`MULTIVERSE_DEBUG=1`, shows the traceback of expected errors too. Argument errors are one line and exit 2
+(`runtime.arguments.OneLineParser`; `train` parses with TRL's `TrlParser`).
 Ctrl-C exits 130; a closed pipe (`multiverse inspect FILE | head`) ends quietly with 141 (128 + SIGPIPE).
 """
 
