@@ -117,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--problems {args.problems} is not a file")
     if args.baseline is not None and shutil.which("transformers") is None:
         parser.error("--baseline needs the `transformers` command (transformers >= 5 with its serving extra)")
+    if args.json is not None and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
+        parser.error(f"--json {args.json}: needs a file in an existing folder (the report is written at the end)")
     if args.disconnect_share + args.malformed_share > 1:
         parser.error("--disconnect-share + --malformed-share must be <= 1")
     try:

@@ -31,7 +31,7 @@ def use_continuous(batching: str, device: torch.device | str) -> bool:
     """Whether `--batching` (auto, continuous or static) means continuous batching on `device`.
 
     `auto` refills on an accelerator only: a CPU step costs nearly in proportion to its rows and static
-    batches shed their finished rows, so there refilling is slower (docs in the README, measured 1.10-1.22x).
+    batches shed their finished rows, so there refilling is slower (measured in the README's "From Python").
 
     >>> use_continuous("auto", "cpu"), use_continuous("auto", "cuda:0"), use_continuous("continuous", "cpu")
     (False, True, True)

@@ -235,8 +235,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Generate greedily for every record, grade, and summarise.
 
-    `continuous=True` (the CLI's default) keeps `batch_size` problems decoding, refilling as they finish
-    (`evaluation/continuous.py`; Multiverse models only): the same responses, `batch_time_s` per problem.
+    `continuous=True` (the CLI's `--batching auto` on an accelerator) keeps `batch_size` problems decoding,
+    refilling as they finish (`evaluation/continuous.py`; Multiverse models only): the same responses,
+    `batch_time_s` per problem.
 
     `records` are `load_records` output (`{id, question, answer, kind}`). Returns a report with
     `accuracy`, `well_formed` (fraction of responses that parse with a `<Think>` block),

@@ -44,6 +44,17 @@ def test_bad_arguments_are_one_line_and_exit_2(args, message):
     assert lines[0].startswith("serve_load: ") and message in lines[0], lines
 
 
+@pytest.mark.parametrize("target", ["folder", "missing/report.json"])
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_run(tmp_path, target):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "folder").mkdir()
+    result = run(["--model", str(tmp_path / "model"), "--json", str(tmp_path / target)], timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "--json" in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "model"]
+
+
 @pytest.mark.slow
 def test_a_tiny_run_measures_both_servers_and_passes_the_fault_checks(tmp_path):
     model, tokenizer = tiny_model("qwen2", seed=3)
